@@ -1,0 +1,135 @@
+"""Decode uploaded X-ray bytes (JPEG, PNG, DICOM) into an 8-bit grayscale PIL image.
+
+Every caller (upload validation, training, serving) goes through `decode_image`, so a file
+is accepted or rejected for the same reason everywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+DEFAULT_MAX_PIXELS = 50_000_000
+MIN_SIDE = 32
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DICOM_MAGIC_OFFSET = 128
+DICOM_MAGIC = b"DICM"
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an X-ray image we can read; the message is meant for the user."""
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Return 'JPEG', 'PNG' or 'DICOM' from the file's leading bytes, or None."""
+    if data.startswith(JPEG_MAGIC):
+        return "JPEG"
+    if data.startswith(PNG_MAGIC):
+        return "PNG"
+    if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC:
+        return "DICOM"
+    return None
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode a whole file into an 8-bit grayscale ('L') image, or raise ImageDecodeError."""
+    if not data:
+        raise ImageDecodeError("The file is empty.")
+    kind = sniff_format(data)
+    if kind is None:
+        raise ImageDecodeError(
+            "Unsupported file type: only JPEG, PNG and DICOM chest X-rays are accepted."
+        )
+    image = _decode_dicom(data, max_pixels) if kind == "DICOM" else _decode_raster(data, kind, max_pixels)
+    if min(image.size) < MIN_SIDE:
+        raise ImageDecodeError(
+            f"The image is {image.width}x{image.height} pixels, too small to be a chest X-ray "
+            f"(at least {MIN_SIDE} pixels per side)."
+        )
+    return image
+
+
+def _check_pixel_count(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"The image is {width}x{height} pixels, over the limit of {max_pixels:,} pixels."
+        )
+
+
+def _decode_raster(data: bytes, kind: str, max_pixels: int) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[kind])
+            _check_pixel_count(image.width, image.height, max_pixels)
+            image.load()
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"The image has too many pixels to be decoded safely ({exc}).") from exc
+    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as exc:
+        raise ImageDecodeError(f"The {kind} file is damaged or incomplete and cannot be read.") from exc
+    image = ImageOps.exif_transpose(image)
+    return to_grayscale_8bit(image)
+
+
+def to_grayscale_8bit(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 'L': 16-bit and float images are stretched over their own range."""
+    if image.mode == "L":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        return array_to_grayscale(np.asarray(image))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("L")
+
+
+def array_to_grayscale(pixels: np.ndarray) -> Image.Image:
+    """Stretch a 2-D numeric array linearly from its minimum to its maximum onto 0..255."""
+    values = np.asarray(pixels, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        scaled = np.zeros(values.shape, dtype=np.uint8)
+    else:
+        scaled = np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
+def _decode_dicom(data: bytes, max_pixels: int) -> Image.Image:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+    except (InvalidDicomError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise ImageDecodeError("The DICOM file is damaged and cannot be read.") from exc
+    if "PixelData" not in dataset:
+        raise ImageDecodeError("The DICOM file holds no image (it has no pixel data).")
+    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
+    _check_pixel_count(columns, rows, max_pixels)
+    try:
+        pixels = dataset.pixel_array
+        if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+            pixels = pixels[0]
+        if pixels.ndim != 2:
+            raise ImageDecodeError("Only single-channel (grayscale) DICOM images are supported.")
+        pixels = apply_modality_lut(pixels, dataset)
+        pixels = apply_voi_lut(pixels, dataset)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # pydicom raises many types for bad or compressed pixel data
+        raise ImageDecodeError(
+            "The DICOM pixel data cannot be decoded (damaged, or a compression we do not support)."
+        ) from exc
+    image = array_to_grayscale(pixels)
+    if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        image = ImageOps.invert(image)
+    return image

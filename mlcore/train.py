@@ -1,0 +1,243 @@
+"""Train the pneumonia CNN: `python -m mlcore.train --data DIR --out DIR`.
+
+Validation is carved patient-wise from train/ (never test/); the checkpoint with the lowest
+validation loss is kept and the operating threshold is picked on validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from mlcore import data as datasets
+from mlcore.metrics import binary_metrics, pick_threshold
+from mlcore.model import build_model
+from mlcore.plots import plot_history, write_evaluation_plots
+from mlcore.preprocess import IMAGE_SIZE
+from mlcore.provenance import environment
+from mlcore.serialization import MODEL_FILE, save_model_dir
+
+EpochCallback = Callable[[int, int, dict], None]
+
+
+class TrainingCancelled(RuntimeError):
+    """Raised when `should_stop` asked the run to stop; nothing is written to `out`."""
+
+
+@dataclass
+class TrainConfig:
+    data: Path
+    out: Path
+    version: str | None = None
+    epochs: int = 40
+    batch_size: int = 64
+    image_size: int = IMAGE_SIZE
+    width: int = 24
+    learning_rate: float = 2e-3
+    weight_decay: float = 5e-4
+    seed: int = 0
+    split_seed: int = 0
+    val_fraction: float = 0.35
+    min_sensitivity: float = 0.98
+    init_model: Path | None = None
+    limit_per_class: int | None = None
+    max_seconds: float | None = None
+    cache_dir: Path | None = None
+    extra_samples: Sequence[tuple[str, int]] = field(default_factory=list)
+
+
+def _limit(samples: list[datasets.Sample], per_class: int | None, seed: int) -> list[datasets.Sample]:
+    if per_class is None:
+        return samples
+    rng = np.random.default_rng(seed)
+    kept = []
+    for label in (0, 1):
+        group = [s for s in samples if s.label == label]
+        picked = rng.choice(len(group), size=min(per_class, len(group)), replace=False)
+        kept += [group[i] for i in sorted(picked)]
+    return kept
+
+
+def _class_weights(labels: np.ndarray) -> dict[int, float]:
+    counts = np.bincount(labels.astype(int), minlength=2)
+    return {c: float(len(labels) / (2 * max(n, 1))) for c, n in enumerate(counts)}
+
+
+class _ProgressCallback(keras.callbacks.Callback):
+    def __init__(self, total: int, on_epoch: EpochCallback | None,
+                 should_stop: Callable[[], bool] | None, deadline: float | None):
+        super().__init__()
+        self.total, self.on_epoch, self.should_stop = total, on_epoch, should_stop
+        self.deadline = deadline
+        self.cancelled = False
+        self.epoch_seconds: list[float] = []
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_seconds.append(time.perf_counter() - self._started)
+        if self.on_epoch:
+            self.on_epoch(epoch + 1, self.total, {k: float(v) for k, v in (logs or {}).items()})
+        self._check_cancel()
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            self.model.stop_training = True  # out of time: keep the best epoch so far
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch % 10 == 0:
+            self._check_cancel()
+
+    def _check_cancel(self):
+        if self.should_stop and self.should_stop():
+            self.cancelled = True
+            self.model.stop_training = True
+
+
+def _compile(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
+    total_steps = max(1, config.epochs * steps_per_epoch)
+    warmup = min(total_steps // 10, 3 * steps_per_epoch)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.learning_rate / 10 if warmup else config.learning_rate,
+        decay_steps=total_steps - warmup,
+        warmup_target=config.learning_rate if warmup else None,
+        warmup_steps=warmup,
+        alpha=0.01,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=0.05),
+        metrics=[keras.metrics.AUC(name="auc")],
+    )
+
+
+def load_training_data(config: TrainConfig):
+    """(x_train, y_train, x_val, y_val, counts) with the patient-wise validation carve."""
+    train_samples, val_samples = datasets.carve_validation(
+        datasets.list_split(config.data, "train"), fraction=config.val_fraction, seed=config.split_seed
+    )
+    train_samples = _limit(train_samples, config.limit_per_class, config.seed)
+    val_samples = _limit(val_samples, config.limit_per_class, config.seed)
+    extra = [datasets.Sample(Path(path), int(label)) for path, label in config.extra_samples]
+    x_train, y_train = datasets.load_arrays(train_samples, config.image_size, config.cache_dir)
+    if extra:
+        x_extra, y_extra = datasets.load_arrays(extra, config.image_size)
+        x_train, y_train = np.concatenate([x_train, x_extra]), np.concatenate([y_train, y_extra])
+    x_val, y_val = datasets.load_arrays(val_samples, config.image_size, config.cache_dir)
+    counts = {
+        "train": {"normal": int((y_train == 0).sum()), "pneumonia": int((y_train == 1).sum())},
+        "validation": {"normal": int((y_val == 0).sum()), "pneumonia": int((y_val == 1).sum())},
+        "extra_reviewed": len(extra),
+        "validation_patients": len({s.patient for s in val_samples}),
+    }
+    return x_train, y_train, x_val, y_val, counts
+
+
+def train(
+    config: TrainConfig,
+    on_epoch: EpochCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train, pick the threshold on validation, and write the model directory to `config.out`."""
+    keras.utils.set_random_seed(config.seed)
+    started = time.perf_counter()
+    x_train, y_train, x_val, y_val, counts = load_training_data(config)
+    log(f"data: {json.dumps(counts)} (loaded in {time.perf_counter() - started:.1f}s)")
+    x_train, x_val = x_train.astype(np.float32), x_val.astype(np.float32)
+
+    if config.init_model:
+        model = keras.models.load_model(Path(config.init_model) / MODEL_FILE)
+        log(f"fine-tuning from {config.init_model}")
+    else:
+        model = build_model(config.image_size, width=config.width, seed=config.seed)
+    steps = int(np.ceil(len(x_train) / config.batch_size))
+    _compile(model, config, steps)
+
+    config.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = config.out / ".best.weights.h5"
+    deadline = started + config.max_seconds if config.max_seconds else None
+    progress = _ProgressCallback(config.epochs, on_epoch, should_stop, deadline)
+    history = model.fit(
+        x_train, y_train,
+        validation_data=(x_val, y_val),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        class_weight=_class_weights(y_train),
+        callbacks=[
+            keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True,
+                                            save_weights_only=True),
+            progress,
+        ],
+        verbose=2,
+    )
+    if progress.cancelled:
+        checkpoint.unlink(missing_ok=True)
+        raise TrainingCancelled("training was cancelled")
+    model.load_weights(checkpoint)
+    checkpoint.unlink()
+    train_seconds = time.perf_counter() - started
+
+    val_scores = model.predict(x_val, batch_size=128, verbose=0).ravel()
+    threshold = pick_threshold(y_val, val_scores, config.min_sensitivity)
+    val_metrics = binary_metrics(y_val, val_scores, threshold)
+    val_losses = history.history["val_loss"]
+    report = {
+        "split": "validation (patient-wise carve of train/)",
+        "metrics": val_metrics,
+        "threshold_rule": f"highest threshold with validation sensitivity >= {config.min_sensitivity}",
+        "data": counts,
+        "training": {
+            "epochs_run": len(val_losses),
+            "best_epoch": int(np.argmin(val_losses)) + 1,
+            "seconds": round(train_seconds, 1),
+            "seconds_per_epoch": [round(s, 2) for s in progress.epoch_seconds],
+        },
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
+                   if k != "extra_samples"},
+        "environment": environment(),
+    }
+    save_model_dir(model, config.out, version=config.version or config.out.name,
+                   threshold=threshold, image_size=config.image_size)
+    (config.out / "train_metrics.json").write_text(json.dumps(report, indent=2))
+    (config.out / "history.json").write_text(json.dumps(history.history, indent=1))
+    plot_history(history.history, config.out / "training.png")
+    write_evaluation_plots(y_val, val_scores, val_metrics, config.out, "validation_")
+    log(f"validation: AUC {val_metrics['auc']:.4f}, threshold {threshold:.4f}, "
+        f"sensitivity {val_metrics['sensitivity']:.3f}, specificity {val_metrics['specificity']:.3f}")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True, help="Kaggle-layout dataset root")
+    parser.add_argument("--out", type=Path, required=True, help="output model directory")
+    parser.add_argument("--version", help="model version name (default: the out folder's name)")
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--image-size", type=int, default=TrainConfig.image_size)
+    parser.add_argument("--width", type=int, default=TrainConfig.width)
+    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--split-seed", type=int, default=TrainConfig.split_seed,
+                        help="seed of the validation carve (keep it fixed to compare runs)")
+    parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction)
+    parser.add_argument("--min-sensitivity", type=float, default=TrainConfig.min_sensitivity)
+    parser.add_argument("--init-model", type=Path, help="fine-tune from this model directory")
+    parser.add_argument("--limit-per-class", type=int, help="use at most N images per class (smoke runs)")
+    parser.add_argument("--max-seconds", type=float, help="stop after the epoch that passes this time")
+    parser.add_argument("--cache-dir", type=Path, help="keep decoded arrays here between runs")
+    args = vars(parser.parse_args(argv))
+    train(TrainConfig(**args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Train candidate models on a lent GPU machine (Keras 3 on the torch backend) and return them.
+# Bundle first, on the dev machine:  bash training/make_gpu_bundle.sh
+# Every choice between the candidates is made on the validation carve, never on test/.
+set -uo pipefail
+work=/tmp/sweep
+mkdir -p "$work" && tar -xf .gpu/bundle.tar -C "$work"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$work"/whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=torch PYTHONUNBUFFERED=1 OMP_NUM_THREADS=3
+data=$work/chest_xray
+out=${OUT:-/tmp/out}
+budget=${SWEEP_SECONDS:-360}
+python3 -c "
+from pathlib import Path
+from mlcore.train import TrainConfig, load_training_data
+load_training_data(TrainConfig(data=Path('$data'), out=Path('/tmp/x'), cache_dir=Path('$work/cache')))
+" || exit 1
+nvidia-smi --query-gpu=name,memory.used --format=csv
+run() {
+  name=$1; shift
+  python3 -m mlcore.train --data "$data" --out "$work/models/$name" --version "$name" \
+    --cache-dir "$work/cache" --max-seconds "$budget" "$@" > "$work/$name.log" 2>&1
+  echo "$name exit $?"
+}
+run w24-s0 --width 24 --seed 0 --epochs 40 &
+run w24-s1 --width 24 --seed 1 --epochs 40 &
+run w24-s2 --width 24 --seed 2 --epochs 40 &
+run w32-s0 --width 32 --seed 0 --epochs 40 &
+run w24-s0-e70 --width 24 --seed 0 --epochs 70 --learning-rate 1e-3 &
+wait
+for dir in "$work"/models/*/; do
+  name=$(basename "$dir"); tar -cf "$out/$name.tar" -C "$work/models" "$name"
+done
+tail -n 4 "$work"/*.log > "$out/logs.txt"; grep -h -E "validation:|Epoch 1/|^[0-9]+/[0-9]+ - " "$work"/w24-s0.log | head -6 >> "$out/logs.txt"
+cat "$out/logs.txt"
