@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class DiagnosesConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "diagnoses"
+    verbose_name = "Diagnoses"
