@@ -51,7 +51,9 @@ def list_split(root: str | os.PathLike, split: str) -> list[Sample]:
     for label_index, label in enumerate(LABELS):
         folder = Path(root) / split / label
         if not folder.is_dir():
-            raise FileNotFoundError(f"Expected a folder {folder} (Kaggle layout <root>/<split>/<label>/)")
+            raise FileNotFoundError(
+                f"Expected a folder {folder} (Kaggle layout <root>/<split>/<label>/)"
+            )
         samples += [
             Sample(path, label_index)
             for path in sorted(folder.iterdir())

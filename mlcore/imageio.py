@@ -45,7 +45,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise ImageDecodeError(
             "Unsupported file type: only JPEG, PNG and DICOM chest X-rays are accepted."
         )
-    image = _decode_dicom(data, max_pixels) if kind == "DICOM" else _decode_raster(data, kind, max_pixels)
+    image = (
+        _decode_dicom(data, max_pixels)
+        if kind == "DICOM"
+        else _decode_raster(data, kind, max_pixels)
+    )
     if min(image.size) < MIN_SIDE:
         raise ImageDecodeError(
             f"The image is {image.width}x{image.height} pixels, too small to be a chest X-ray "
@@ -71,9 +75,13 @@ def _decode_raster(data: bytes, kind: str, max_pixels: int) -> Image.Image:
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"The image has too many pixels to be decoded safely ({exc}).") from exc
+        raise ImageDecodeError(
+            f"The image has too many pixels to be decoded safely ({exc})."
+        ) from exc
     except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as exc:
-        raise ImageDecodeError(f"The {kind} file is damaged or incomplete and cannot be read.") from exc
+        raise ImageDecodeError(
+            f"The {kind} file is damaged or incomplete and cannot be read."
+        ) from exc
     image = ImageOps.exif_transpose(image)
     return to_grayscale_8bit(image)
 

@@ -59,8 +59,11 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
         "specificity": _ratio(tn, tn + fp),
         "f1": _ratio(2 * precision * sensitivity, precision + sensitivity),
         "auc": roc_auc(labels, scores),
-        "confusion_matrix": {"rows": "true [normal, pneumonia]", "cols": "predicted [normal, pneumonia]",
-                             "values": [[tn, fp], [fn, tp]]},
+        "confusion_matrix": {
+            "rows": "true [normal, pneumonia]",
+            "cols": "predicted [normal, pneumonia]",
+            "values": [[tn, fp], [fn, tp]],
+        },
     }
 
 

@@ -22,7 +22,9 @@ def build_augmenter(seed: int | None = None) -> keras.Sequential:
             layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed),
             layers.RandomContrast(0.25, value_range=(0.0, 1.0), seed=seed),
             layers.RandomBrightness(0.1, value_range=(0.0, 1.0), seed=seed),
-            layers.RandomGaussianBlur(factor=0.5, kernel_size=3, sigma=(0.1, 1.2), value_range=(0.0, 1.0), seed=seed),
+            layers.RandomGaussianBlur(
+                factor=0.5, kernel_size=3, sigma=(0.1, 1.2), value_range=(0.0, 1.0), seed=seed
+            ),
             layers.GaussianNoise(0.02, seed=seed),
         ],
         name="augment",
@@ -30,7 +32,9 @@ def build_augmenter(seed: int | None = None) -> keras.Sequential:
 
 
 def _conv_bn_relu(x, filters: int, kernel_size: int = 3, strides: int = 1, name: str = ""):
-    x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.Conv2D(
+        filters, kernel_size, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 

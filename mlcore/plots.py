@@ -30,8 +30,15 @@ def plot_confusion(matrix, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(4, 3.6), dpi=100)
     ax.imshow(values, cmap="Blues")
     names = ["normal", "pneumonia"]
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=names, yticklabels=names,
-           xlabel="predicted", ylabel="true", title=title)
+    ax.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=names,
+        yticklabels=names,
+        xlabel="predicted",
+        ylabel="true",
+        title=title,
+    )
     for (row, col), value in np.ndenumerate(values):
         colour = "white" if value > values.max() / 2 else "black"
         ax.text(col, row, str(value), ha="center", va="center", color=colour, fontsize=14)
@@ -56,6 +63,15 @@ def plot_history(history: dict[str, list[float]], path: Path) -> None:
 
 
 def write_evaluation_plots(labels, scores, metrics: dict, out_dir: Path, prefix: str) -> None:
-    plot_roc(labels, scores, metrics["auc"], out_dir / f"{prefix}roc.png", f"ROC ({prefix.rstrip('_') or 'eval'})")
-    plot_confusion(metrics["confusion_matrix"]["values"], out_dir / f"{prefix}confusion.png",
-                   f"threshold {metrics['threshold']:.3f}")
+    plot_roc(
+        labels,
+        scores,
+        metrics["auc"],
+        out_dir / f"{prefix}roc.png",
+        f"ROC ({prefix.rstrip('_') or 'eval'})",
+    )
+    plot_confusion(
+        metrics["confusion_matrix"]["values"],
+        out_dir / f"{prefix}confusion.png",
+        f"threshold {metrics['threshold']:.3f}",
+    )

@@ -19,7 +19,11 @@ class ModelMetadata:
     @classmethod
     def read(cls, model_dir: str | Path) -> ModelMetadata:
         raw = json.loads((Path(model_dir) / METADATA_FILE).read_text())
-        return cls(version=raw["version"], threshold=float(raw["threshold"]), image_size=int(raw["image_size"]))
+        return cls(
+            version=raw["version"],
+            threshold=float(raw["threshold"]),
+            image_size=int(raw["image_size"]),
+        )
 
 
 def save_model_dir(model, out: Path, version: str, threshold: float, image_size: int) -> None:

@@ -53,7 +53,9 @@ class TrainConfig:
     extra_samples: Sequence[tuple[str, int]] = field(default_factory=list)
 
 
-def _limit(samples: list[datasets.Sample], per_class: int | None, seed: int) -> list[datasets.Sample]:
+def _limit(
+    samples: list[datasets.Sample], per_class: int | None, seed: int
+) -> list[datasets.Sample]:
     if per_class is None:
         return samples
     rng = np.random.default_rng(seed)
@@ -71,8 +73,13 @@ def _class_weights(labels: np.ndarray) -> dict[int, float]:
 
 
 class _ProgressCallback(keras.callbacks.Callback):
-    def __init__(self, total: int, on_epoch: EpochCallback | None,
-                 should_stop: Callable[[], bool] | None, deadline: float | None):
+    def __init__(
+        self,
+        total: int,
+        on_epoch: EpochCallback | None,
+        should_stop: Callable[[], bool] | None,
+        deadline: float | None,
+    ):
         super().__init__()
         self.total, self.on_epoch, self.should_stop = total, on_epoch, should_stop
         self.deadline = deadline
@@ -121,7 +128,9 @@ def _compile(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> N
 def load_training_data(config: TrainConfig):
     """(x_train, y_train, x_val, y_val, counts) with the patient-wise validation carve."""
     train_samples, val_samples = datasets.carve_validation(
-        datasets.list_split(config.data, "train"), fraction=config.val_fraction, seed=config.split_seed
+        datasets.list_split(config.data, "train"),
+        fraction=config.val_fraction,
+        seed=config.split_seed,
     )
     train_samples = _limit(train_samples, config.limit_per_class, config.seed)
     val_samples = _limit(val_samples, config.limit_per_class, config.seed)
@@ -166,14 +175,16 @@ def train(
     deadline = started + config.max_seconds if config.max_seconds else None
     progress = _ProgressCallback(config.epochs, on_epoch, should_stop, deadline)
     history = model.fit(
-        x_train, y_train,
+        x_train,
+        y_train,
         validation_data=(x_val, y_val),
         epochs=config.epochs,
         batch_size=config.batch_size,
         class_weight=_class_weights(y_train),
         callbacks=[
-            keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True,
-                                            save_weights_only=True),
+            keras.callbacks.ModelCheckpoint(
+                checkpoint, monitor="val_loss", save_best_only=True, save_weights_only=True
+            ),
             progress,
         ],
         verbose=2,
@@ -192,7 +203,9 @@ def train(
     report = {
         "split": "validation (patient-wise carve of train/)",
         "metrics": val_metrics,
-        "threshold_rule": f"highest threshold with validation sensitivity >= {config.min_sensitivity}",
+        "threshold_rule": (
+            f"highest threshold with validation sensitivity >= {config.min_sensitivity}"
+        ),
         "data": counts,
         "training": {
             "epochs_run": len(val_losses),
@@ -200,18 +213,29 @@ def train(
             "seconds": round(train_seconds, 1),
             "seconds_per_epoch": [round(s, 2) for s in progress.epoch_seconds],
         },
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-                   if k != "extra_samples"},
+        "config": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in asdict(config).items()
+            if k != "extra_samples"
+        },
         "environment": environment(),
     }
-    save_model_dir(model, config.out, version=config.version or config.out.name,
-                   threshold=threshold, image_size=config.image_size)
+    save_model_dir(
+        model,
+        config.out,
+        version=config.version or config.out.name,
+        threshold=threshold,
+        image_size=config.image_size,
+    )
     (config.out / "train_metrics.json").write_text(json.dumps(report, indent=2))
     (config.out / "history.json").write_text(json.dumps(history.history, indent=1))
     plot_history(history.history, config.out / "training.png")
     write_evaluation_plots(y_val, val_scores, val_metrics, config.out, "validation_")
-    log(f"validation: AUC {val_metrics['auc']:.4f}, threshold {threshold:.4f}, "
-        f"sensitivity {val_metrics['sensitivity']:.3f}, specificity {val_metrics['specificity']:.3f}")
+    log(
+        f"validation: AUC {val_metrics['auc']:.4f}, threshold {threshold:.4f}, "
+        f"sensitivity {val_metrics['sensitivity']:.3f}, "
+        f"specificity {val_metrics['specificity']:.3f}"
+    )
     return report
 
 
@@ -227,13 +251,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
     parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
-    parser.add_argument("--split-seed", type=int, default=TrainConfig.split_seed,
-                        help="seed of the validation carve (keep it fixed to compare runs)")
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=TrainConfig.split_seed,
+        help="seed of the validation carve (keep it fixed to compare runs)",
+    )
     parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction)
     parser.add_argument("--min-sensitivity", type=float, default=TrainConfig.min_sensitivity)
     parser.add_argument("--init-model", type=Path, help="fine-tune from this model directory")
-    parser.add_argument("--limit-per-class", type=int, help="use at most N images per class (smoke runs)")
-    parser.add_argument("--max-seconds", type=float, help="stop after the epoch that passes this time")
+    parser.add_argument(
+        "--limit-per-class", type=int, help="use at most N images per class (smoke runs)"
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, help="stop after the epoch that passes this time"
+    )
     parser.add_argument("--cache-dir", type=Path, help="keep decoded arrays here between runs")
     args = vars(parser.parse_args(argv))
     train(TrainConfig(**args))
