@@ -2,42 +2,55 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
 from PIL import Image
 
 from mlcore.model import last_conv_layer_name
-from mlcore.preprocess import preprocess_image
 
 OVERLAY_ALPHA = 0.45
 
 
-def gradcam(model, pixels: np.ndarray) -> np.ndarray:
-    """A (S', S') map in [0, 1] for one preprocessed (S, S, 1) uint8 image."""
-    import keras
-    import tensorflow as tf
+class GradCam:
+    """Grad-CAM for one model; the gradient computation is traced once and reused."""
 
-    feature_model = keras.Model(
-        model.inputs, [model.get_layer(last_conv_layer_name(model)).output, model.outputs[0]]
-    )
-    batch = tf.constant(pixels[np.newaxis].astype(np.float32))
-    with tf.GradientTape() as tape:
-        features, score = feature_model(batch, training=False)
-        target = score[:, 0]
-    gradients = tape.gradient(target, features)
-    weights = tf.reduce_mean(gradients, axis=(1, 2))
-    cam = tf.nn.relu(tf.reduce_sum(features * weights[:, tf.newaxis, tf.newaxis, :], axis=-1))
-    cam = cam[0].numpy()
-    peak = float(cam.max())
-    return cam / peak if peak > 0 else cam
+    def __init__(self, model):
+        import keras
+        import tensorflow as tf
+
+        feature_model = keras.Model(
+            model.inputs,
+            [model.get_layer(last_conv_layer_name(model)).output, model.outputs[0]],
+        )
+        size = model.input_shape[1]
+
+        @tf.function(input_signature=[tf.TensorSpec((1, size, size, 1), tf.float32)])
+        def heat(batch):
+            with tf.GradientTape() as tape:
+                features, score = feature_model(batch, training=False)
+                target = score[:, 0]
+            gradients = tape.gradient(target, features)
+            weights = tf.reduce_mean(gradients, axis=(1, 2))
+            cam = tf.reduce_sum(features * weights[:, tf.newaxis, tf.newaxis, :], axis=-1)
+            return tf.nn.relu(cam)[0]
+
+        self._heat = heat
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """A coarse map in [0, 1] for one preprocessed (S, S, 1) uint8 image."""
+        cam = self._heat(pixels[np.newaxis].astype(np.float32)).numpy()
+        peak = float(cam.max())
+        return cam / peak if peak > 0 else cam
 
 
-def _colormap(values: np.ndarray) -> np.ndarray:
-    """Map [0, 1] to RGB uint8 with matplotlib's 'jet' (blue = cold, red = hot)."""
+@functools.cache
+def _jet_lookup() -> np.ndarray:
+    """256 RGB colours of matplotlib's 'jet' map (blue = cold, red = hot)."""
     from matplotlib import colormaps
 
-    return (colormaps["jet"](values)[..., :3] * 255).astype(np.uint8)
+    return (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.float32)
 
 
 def overlay(image: Image.Image, cam: np.ndarray, alpha: float = OVERLAY_ALPHA) -> Image.Image:
@@ -45,16 +58,14 @@ def overlay(image: Image.Image, cam: np.ndarray, alpha: float = OVERLAY_ALPHA) -
     heat = Image.fromarray((cam * 255).astype(np.uint8)).resize(
         image.size, Image.Resampling.BICUBIC
     )
-    heat_values = np.asarray(heat, dtype=np.float32) / 255.0
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    colours = _colormap(heat_values).astype(np.float32)
-    weight = (alpha * heat_values)[..., np.newaxis]
-    blended = base * (1 - weight) + colours * weight
-    return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), mode="RGB")
+    heat_index = np.asarray(heat)
+    weight = (heat_index.astype(np.float32) * (alpha / 255.0))[..., np.newaxis]
+    base = np.asarray(image.convert("L"), dtype=np.float32)[..., np.newaxis]
+    blended = base + (_jet_lookup()[heat_index] - base) * weight
+    return Image.fromarray(blended.astype(np.uint8), mode="RGB")
 
 
-def gradcam_overlay_png(model, image: Image.Image, image_size: int) -> bytes:
-    cam = gradcam(model, preprocess_image(image, image_size))
+def overlay_png(image: Image.Image, cam: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    overlay(image.convert("L"), cam).save(buffer, format="PNG", optimize=False, compress_level=3)
+    overlay(image.convert("L"), cam).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()

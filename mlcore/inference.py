@@ -55,6 +55,7 @@ class Predictor:
         self.image_size = metadata.image_size
         self.max_pixels = max_pixels
         self._forward = _compiled_forward(model)
+        self._gradcam = None
 
     @classmethod
     def load(cls, model_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictor:
@@ -95,6 +96,9 @@ class Predictor:
 
     def explain(self, image: bytes | Image.Image) -> bytes:
         """Grad-CAM overlay PNG at the image's own size (see mlcore.explain)."""
-        from mlcore.explain import gradcam_overlay_png
+        from mlcore.explain import GradCam, overlay_png
 
-        return gradcam_overlay_png(self.model, self._as_image(image), self.image_size)
+        if self._gradcam is None:
+            self._gradcam = GradCam(self.model)
+        image = self._as_image(image)
+        return overlay_png(image, self._gradcam(preprocess_image(image, self.image_size)))
