@@ -1,15 +1,47 @@
 """Celery tasks of the diagnoses app.
 
-Only `ping` lives here for now; `run_prediction` (queue "inference") and
-`run_retraining` (queue "training") are routed by name in settings.CELERY_TASK_ROUTES.
+`run_prediction` goes to the "inference" queue and `run_retraining` (another issue) to
+"training"; both are routed by name in settings.CELERY_TASK_ROUTES.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import uuid
+from datetime import timedelta
 from pathlib import Path
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from django.db import DatabaseError, InterfaceError, OperationalError
+
+from diagnoses import services
+from mlcore.imageio import ImageDecodeError
+
+logger = logging.getLogger(__name__)
+
+PREDICTION_MAX_RETRIES = 5
+REQUEUE_STALE_AFTER_SECONDS = 120
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [
+        OperationalError,
+        InterfaceError,
+        ConnectionError,
+        TimeoutError,
+    ]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:  # pragma: no cover - botocore comes with django-storages[s3]
+        pass
+    return tuple(errors)
+
+
+TRANSIENT_ERRORS = _transient_errors()
 
 
 @shared_task(name="diagnoses.tasks.ping")
@@ -21,3 +53,61 @@ def ping(path: str | None = None, text: str = "pong") -> str:
         tmp.write_text(text)
         os.replace(tmp, target)
     return text
+
+
+@shared_task(bind=True, name="diagnoses.tasks.run_prediction", max_retries=PREDICTION_MAX_RETRIES)
+def run_prediction(self, prediction_id: int) -> str:
+    """Compute one prediction. Idempotent: a finished prediction is never recomputed."""
+    task_id = self.request.id or f"direct-{uuid.uuid4().hex}"
+    try:
+        prediction = services.claim_prediction(prediction_id=prediction_id, task_id=task_id)
+        if prediction is None:
+            return "skipped"
+        computed = services.compute_reading(prediction)
+        saved = services.save_reading(prediction=prediction, task_id=task_id, computed=computed)
+        return "done" if saved else "superseded"
+    except ImageDecodeError as exc:
+        services.fail_prediction(prediction_id=prediction_id, message=str(exc))
+        return "failed"
+    except FileNotFoundError:
+        services.fail_prediction(
+            prediction_id=prediction_id, message="The stored image file is missing."
+        )
+        return "failed"
+    except TRANSIENT_ERRORS as exc:
+        if self.request.retries >= self.max_retries:
+            logger.exception(
+                "prediction %s: giving up after %d retries", prediction_id, self.max_retries
+            )
+            _fail_quietly(
+                prediction_id, f"Temporary error persisted after {self.max_retries} retries: {exc}"
+            )
+            return "failed"
+        countdown = 2 ** (self.request.retries + 1)
+        logger.warning(
+            "prediction %s: transient error, retry in %ss: %r", prediction_id, countdown, exc
+        )
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    except SoftTimeLimitExceeded:
+        _fail_quietly(prediction_id, "The prediction took too long and was stopped.")
+        return "failed"
+    except DatabaseError:
+        logger.exception("prediction %s: database error", prediction_id)
+        _fail_quietly(prediction_id, "Internal error while saving the prediction.")
+        return "failed"
+    except Exception:
+        logger.exception("prediction %s failed", prediction_id)
+        _fail_quietly(prediction_id, "Internal error while running the model.")
+        return "failed"
+
+
+def _fail_quietly(prediction_id: int, message: str) -> None:
+    try:
+        services.fail_prediction(prediction_id=prediction_id, message=message)
+    except Exception:  # noqa: BLE001 - the DB may be what is failing; beat requeues it later
+        logger.exception("prediction %s: could not record the failure", prediction_id)
+
+
+@shared_task(name="diagnoses.tasks.requeue_stale_predictions")
+def requeue_stale_predictions(older_than_seconds: int = REQUEUE_STALE_AFTER_SECONDS) -> list[int]:
+    return services.requeue_stale_predictions(older_than=timedelta(seconds=older_than_seconds))

@@ -64,6 +64,8 @@ PNEUMOSITE_DATA_DIR = Path(
 PNEUMOSITE_MODELS_DIR = Path(env_str("PNEUMOSITE_MODELS_DIR", str(BASE_DIR / "models")))
 PNEUMOSITE_MAX_UPLOAD_BYTES = env_int("PNEUMOSITE_MAX_UPLOAD_BYTES", 25 * 1024 * 1024)
 PNEUMOSITE_MAX_PIXELS = env_int("PNEUMOSITE_MAX_PIXELS", 50_000_000)
+# Local copies of registered model files, loaded by the inference worker.
+PNEUMOSITE_MODEL_CACHE_DIR = VAR_DIR / "model-cache"
 
 # --------------------------------------------------------------------------------------
 # Core
@@ -119,6 +121,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Every page needs a login; views opt out with @login_not_required.
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -202,6 +206,9 @@ if AWS_STORAGE_BUCKET_NAME:
         "querystring_auth": True,
         "querystring_expire": 300,
         "file_overwrite": False,
+        # Signature v4 and path-style URLs work with AWS and with MinIO (docker-compose).
+        "signature_version": "s3v4",
+        "addressing_style": env_str("AWS_S3_ADDRESSING_STYLE", "path"),
     }
     for _opt, _var in (
         ("endpoint_url", "AWS_S3_ENDPOINT_URL"),
@@ -245,6 +252,8 @@ SESSION_COOKIE_HTTPONLY = True
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    # The container healthcheck calls /healthz over plain HTTP inside the container.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
     SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31_536_000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
@@ -323,7 +332,13 @@ CELERY_TASK_ANNOTATIONS = {
     },
 }
 # Periodic tasks; `make run` starts celery beat only when this is non-empty.
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    # Re-sends predictions whose message was never sent (broker down) or was lost.
+    "requeue-stale-predictions": {
+        "task": "diagnoses.tasks.requeue_stale_predictions",
+        "schedule": 60.0,
+    },
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,179 @@
+"""Upload validation by content, DICOM de-identification and derived images."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from PIL import Image
+
+from mlcore.imageio import ImageDecodeError, decode_image, sniff_format
+
+DISPLAY_MAX_SIDE = 1600
+THUMBNAIL_MAX_SIDE = 160
+
+# DICOM attributes that identify a patient, a person or an institution (a practical
+# subset of the DICOM PS3.15 basic profile for plain radiographs).
+DICOM_PHI_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientMotherBirthName",
+    "PatientComments",
+    "OtherPatientIDs",
+    "OtherPatientIDsSequence",
+    "OtherPatientNames",
+    "IssuerOfPatientID",
+    "MilitaryRank",
+    "EthnicGroup",
+    "Occupation",
+    "AdditionalPatientHistory",
+    "MedicalRecordLocator",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "SeriesDate",
+    "SeriesTime",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "ContentDate",
+    "ContentTime",
+    "AcquisitionDateTime",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "ReferringPhysicianName",
+    "ReferringPhysicianAddress",
+    "ReferringPhysicianTelephoneNumbers",
+    "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy",
+    "PhysiciansOfRecord",
+    "OperatorsName",
+    "RequestingPhysician",
+    "RequestAttributesSequence",
+    "DeviceSerialNumber",
+    "StudyDescription",
+    "SeriesDescription",
+    "ImageComments",
+)
+# UIDs can be looked up in the source PACS, so they are replaced with fresh ones.
+DICOM_UID_KEYWORDS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "FrameOfReferenceUID",
+)
+
+
+class UploadRejected(ValueError):
+    """An uploaded file is not accepted; str() is the message shown to the user."""
+
+
+@dataclass(frozen=True)
+class ValidatedImage:
+    stored_bytes: bytes  # what is kept as the case's original
+    image_format: str
+    image: Image.Image  # decode_image's 8-bit grayscale output
+    sha256: str
+
+
+def validate_upload(uploaded: UploadedFile) -> ValidatedImage:
+    """Accept a JPEG, PNG or DICOM that decodes fully within the size and pixel limits."""
+    max_bytes = settings.PNEUMOSITE_MAX_UPLOAD_BYTES
+    # Django has already streamed a large upload to a temporary file; checking the size
+    # here keeps an oversized one from being read into memory.
+    if uploaded.size is not None and uploaded.size > max_bytes:
+        raise UploadRejected(
+            f"The file is {uploaded.size / 1e6:.1f} MB, over the limit of {max_bytes / 1e6:.1f} MB."
+        )
+    data = uploaded.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UploadRejected(f"The file is over the limit of {max_bytes / 1e6:.1f} MB.")
+    return validate_bytes(data)
+
+
+def validate_bytes(data: bytes) -> ValidatedImage:
+    try:
+        image = decode_image(data, max_pixels=settings.PNEUMOSITE_MAX_PIXELS)
+    except ImageDecodeError as exc:
+        raise UploadRejected(str(exc)) from exc
+    image_format = sniff_format(data)
+    stored = deidentify_dicom(data) if image_format == "DICOM" else data
+    return ValidatedImage(
+        stored_bytes=stored,
+        image_format=image_format,
+        image=image,
+        sha256=hashlib.sha256(stored).hexdigest(),
+    )
+
+
+def deidentify_dicom(data: bytes) -> bytes:
+    """Return a copy of a DICOM file without patient-identifying attributes.
+
+    JPEG and PNG originals are kept byte-for-byte, but a DICOM header routinely carries
+    the patient's name, ID and birth date, which this site must not store (the user
+    identifies a case only by the reference they type). So the "original" kept for a
+    DICOM is this de-identified copy: pixel data and imaging attributes unchanged, PHI
+    attributes and all private tags removed, instance UIDs replaced.
+    """
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    dataset.remove_private_tags()
+    for keyword in DICOM_PHI_KEYWORDS:
+        if keyword in dataset:
+            delattr(dataset, keyword)
+    for keyword in DICOM_UID_KEYWORDS:
+        if keyword in dataset:
+            setattr(dataset, keyword, generate_uid())
+    if "SOPInstanceUID" in dataset and "MediaStorageSOPInstanceUID" in dataset.file_meta:
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    dataset.PatientIdentityRemoved = "YES"
+    dataset.DeidentificationMethod = "pneumosite: PHI attributes and private tags removed"
+    out = io.BytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _fit(image: Image.Image, max_side: int) -> Image.Image:
+    image = image.copy()
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return image
+
+
+def display_png(image: Image.Image) -> bytes:
+    """PNG of the decoded image, at most DISPLAY_MAX_SIDE px; a fresh image carries no metadata."""
+    return encode_png(_fit(image, DISPLAY_MAX_SIDE))
+
+
+def thumbnail_jpeg(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    _fit(image, THUMBNAIL_MAX_SIDE).convert("L").save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def encode_png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=False)
+    return out.getvalue()
+
+
+def display_sized_png(png: bytes) -> bytes:
+    """Shrink a PNG made at the original's size (the Grad-CAM overlay) like display_png."""
+    with Image.open(io.BytesIO(png)) as image:
+        if max(image.size) <= DISPLAY_MAX_SIDE:
+            return png
+        return encode_png(_fit(image.convert("RGB"), DISPLAY_MAX_SIDE))

@@ -1,0 +1,166 @@
+"""Cases (uploaded X-rays), their predictions, model versions and clinician reviews."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+def _random_path(prefix: str, extension: str) -> str:
+    # Never derived from the user's filename: it may contain patient names.
+    return f"{prefix}/{uuid.uuid4().hex}{extension}"
+
+
+def original_upload_to(instance: Case, filename: str) -> str:
+    return _random_path("cases/original", "")
+
+
+def display_upload_to(instance: Case, filename: str) -> str:
+    return _random_path("cases/display", ".png")
+
+
+def thumbnail_upload_to(instance: Case, filename: str) -> str:
+    return _random_path("cases/thumbnail", ".jpg")
+
+
+def heatmap_upload_to(instance: Prediction, filename: str) -> str:
+    return _random_path("predictions/heatmap", ".png")
+
+
+def model_file_upload_to(instance: ModelVersion, filename: str) -> str:
+    return f"models/{instance.name}/{uuid.uuid4().hex}/model.keras"
+
+
+class ModelVersion(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    model_file = models.FileField(upload_to=model_file_upload_to, max_length=300)
+    threshold = models.FloatField()
+    image_size = models.PositiveIntegerField()
+    metrics = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    is_active = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_active"],
+                condition=Q(is_active=True),
+                name="one_active_model_version",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Case(models.Model):
+    class ImageFormat(models.TextChoices):
+        JPEG = "JPEG", "JPEG"
+        PNG = "PNG", "PNG"
+        DICOM = "DICOM", "DICOM"
+
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="uploaded_cases"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    reference = models.CharField(max_length=100, blank=True, db_index=True)
+    note = models.TextField(blank=True)
+
+    original = models.FileField(upload_to=original_upload_to, max_length=300)
+    original_filename = models.CharField(max_length=255, blank=True)
+    sha256 = models.CharField(max_length=64, db_index=True)
+    image_format = models.CharField(max_length=8, choices=ImageFormat.choices)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    display_image = models.FileField(upload_to=display_upload_to, max_length=300)
+    thumbnail = models.FileField(upload_to=thumbnail_upload_to, max_length=300)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"Case {self.pk}" + (f" ({self.reference})" if self.reference else "")
+
+
+class Prediction(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    class Label(models.TextChoices):
+        PNEUMONIA = "pneumonia", "Pneumonia"
+        NORMAL = "normal", "Normal"
+
+    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="predictions")
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, related_name="predictions"
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    probability = models.FloatField(null=True, blank=True)
+    label = models.CharField(max_length=10, choices=Label.choices, blank=True)
+    threshold = models.FloatField(null=True, blank=True)
+    heatmap = models.FileField(upload_to=heatmap_upload_to, max_length=300, blank=True)
+    error_message = models.TextField(blank=True)
+    # Celery task id of the delivery that claimed this prediction (see tasks.run_prediction).
+    task_id = models.CharField(max_length=64, blank=True)
+    queued_at = models.DateTimeField(auto_now_add=True)
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    inference_ms = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-queued_at", "-pk"]
+        indexes = [
+            models.Index(
+                fields=["case", "status", "finished_at"], name="prediction_case_status_fin"
+            ),
+            models.Index(fields=["status", "queued_at"], name="prediction_status_queued"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(probability__isnull=True)
+                | Q(probability__gte=0.0, probability__lte=1.0),
+                name="prediction_probability_0_1",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="done") | Q(probability__isnull=False),
+                name="prediction_done_has_probability",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Prediction {self.pk} of case {self.case_id} ({self.status})"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING)
+
+
+class Review(models.Model):
+    class Verdict(models.TextChoices):
+        NORMAL = "normal", "Normal"
+        PNEUMONIA = "pneumonia", "Pneumonia"
+        UNUSABLE = "unusable", "Unusable"
+
+    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="reviews")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews"
+    )
+    verdict = models.CharField(max_length=10, choices=Verdict.choices)
+    comment = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        # The newest review of a case is its current one.
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["case", "-created_at"], name="review_case_created")]
+
+    def __str__(self) -> str:
+        return f"Review {self.pk} of case {self.case_id}: {self.verdict}"

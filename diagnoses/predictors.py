@@ -1,0 +1,87 @@
+"""Load a registered model version for inference, once per process.
+
+The model file lives in storage (local or S3); a worker copies it into
+settings.PNEUMOSITE_MODEL_CACHE_DIR/<name>/ and loads it from there. Loading happens
+lazily on the first prediction, in the pool child process, never at import time: a
+TensorFlow runtime created in the Celery parent would not survive the fork.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+
+from django.conf import settings
+
+from diagnoses.models import ModelVersion
+
+MAX_LOADED_MODELS = 2
+
+_lock = threading.Lock()
+_loaded: OrderedDict[str, object] = OrderedDict()
+
+
+def get_predictor(model_version: ModelVersion):
+    """The mlcore Predictor for `model_version`, loaded on first use in this process."""
+    with _lock:
+        predictor = _loaded.get(model_version.name)
+        if predictor is not None:
+            _loaded.move_to_end(model_version.name)
+            return predictor
+        from mlcore.inference import Predictor  # heavy import (TensorFlow): only when needed
+
+        predictor = Predictor.load(
+            ensure_local_model_dir(model_version), max_pixels=settings.PNEUMOSITE_MAX_PIXELS
+        )
+        _loaded[model_version.name] = predictor
+        # A new active version makes older ones idle; keep memory bounded.
+        while len(_loaded) > MAX_LOADED_MODELS:
+            _loaded.popitem(last=False)
+        return predictor
+
+
+def clear_loaded_predictors() -> None:
+    with _lock:
+        _loaded.clear()
+
+
+def ensure_local_model_dir(model_version: ModelVersion) -> Path:
+    """model.keras (from storage) and model.json (from the DB row) in the local cache."""
+    target = Path(settings.PNEUMOSITE_MODEL_CACHE_DIR) / model_version.name
+    metadata = {
+        "version": model_version.name,
+        "threshold": model_version.threshold,
+        "image_size": model_version.image_size,
+    }
+    if (target / "model.keras").is_file() and _read_json(target / "model.json") == metadata:
+        return target
+    # Built in a private folder and renamed into place, so that concurrent workers never
+    # load a half-written file.
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+    staging.mkdir(parents=True)
+    try:
+        with model_version.model_file.open("rb") as src, open(staging / "model.keras", "wb") as dst:
+            shutil.copyfileobj(src, dst, length=1024 * 1024)
+        (staging / "model.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not (target / "model.keras").is_file():  # another process did not win either
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,355 @@
+"""Business logic of the diagnoses app: cases, predictions and model versions."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.base import ContentFile, File
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from diagnoses.imaging import (
+    UploadRejected,
+    ValidatedImage,
+    display_png,
+    thumbnail_jpeg,
+    validate_upload,
+)
+from diagnoses.models import Case, ModelVersion, Prediction
+
+logger = logging.getLogger(__name__)
+
+
+class NoActiveModel(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------------------
+# Cases
+# --------------------------------------------------------------------------------------
+@dataclass
+class UploadOutcome:
+    cases: list[Case] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (filename, message)
+
+
+def upload_cases(*, files, uploaded_by, reference: str = "", note: str = "") -> UploadOutcome:
+    """Validate each file on its own; a rejected file does not stop the others.
+
+    Raises NoActiveModel (before storing anything) when no model version is active.
+    """
+    model_version = get_active_model_version()
+    outcome = UploadOutcome()
+    for uploaded in files:
+        name = Path(uploaded.name or "").name
+        try:
+            validated = validate_upload(uploaded)
+        except UploadRejected as exc:
+            outcome.rejected.append((name, str(exc)))
+            continue
+        outcome.cases.append(
+            create_case(
+                validated=validated,
+                original_filename=name,
+                uploaded_by=uploaded_by,
+                reference=reference,
+                note=note,
+                model_version=model_version,
+            )
+        )
+    return outcome
+
+
+def create_case(
+    *,
+    validated: ValidatedImage,
+    original_filename: str,
+    uploaded_by,
+    reference: str = "",
+    note: str = "",
+    model_version: ModelVersion | None = None,
+) -> Case:
+    """Store the image and its derived images, and queue a prediction (active model by default)."""
+    model_version = model_version or get_active_model_version()
+    case = Case(
+        uploaded_by=uploaded_by,
+        reference=reference.strip(),
+        note=note.strip(),
+        original_filename=original_filename[:255],
+        sha256=validated.sha256,
+        image_format=validated.image_format,
+        width=validated.image.width,
+        height=validated.image.height,
+    )
+    case.original.save("original", ContentFile(validated.stored_bytes), save=False)
+    case.display_image.save("display.png", ContentFile(display_png(validated.image)), save=False)
+    case.thumbnail.save("thumbnail.jpg", ContentFile(thumbnail_jpeg(validated.image)), save=False)
+    try:
+        with transaction.atomic():
+            case.save()
+            queue_prediction(case=case, model_version=model_version)
+    except Exception:
+        delete_stored_files(case.original, case.display_image, case.thumbnail)
+        raise
+    return case
+
+
+def delete_stored_files(*files) -> None:
+    for stored in files:
+        if stored and stored.name:
+            try:
+                stored.storage.delete(stored.name)
+            except Exception:  # noqa: BLE001 - clean-up must not hide the original error
+                logger.warning("could not delete %s from storage", stored.name, exc_info=True)
+
+
+# --------------------------------------------------------------------------------------
+# Predictions
+# --------------------------------------------------------------------------------------
+def queue_prediction(*, case: Case, model_version: ModelVersion) -> Prediction:
+    """Create a queued prediction; the task is sent once the transaction commits."""
+    prediction = Prediction.objects.create(case=case, model_version=model_version)
+    transaction.on_commit(lambda: send_prediction_task(prediction.pk))
+    return prediction
+
+
+def send_prediction_task(prediction_id: int) -> bool:
+    """Send run_prediction; a broker outage leaves the prediction queued for requeueing."""
+    from diagnoses.tasks import run_prediction
+
+    try:
+        run_prediction.delay(prediction_id)
+    except Exception:  # noqa: BLE001 - kombu/redis raise many types when the broker is down
+        logger.exception(
+            "could not send run_prediction for prediction %s; it stays queued", prediction_id
+        )
+        return False
+    Prediction.objects.filter(pk=prediction_id).update(last_sent_at=timezone.now())
+    return True
+
+
+def rerun_prediction(*, case: Case) -> tuple[Prediction, bool]:
+    """Queue a prediction with the active model unless one is already queued or running.
+
+    Returns (prediction, created).
+    """
+    model_version = get_active_model_version()
+    with transaction.atomic():
+        Case.objects.select_for_update().filter(pk=case.pk).first()
+        pending = (
+            case.predictions.filter(
+                model_version=model_version,
+                status__in=[Prediction.Status.QUEUED, Prediction.Status.RUNNING],
+            )
+            .order_by("-pk")
+            .first()
+        )
+        if pending is not None:
+            return pending, False
+        return queue_prediction(case=case, model_version=model_version), True
+
+
+def requeue_stale_predictions(*, older_than: timedelta) -> list[int]:
+    """Re-send predictions whose message may be lost; returns their ids.
+
+    Queued ones not sent (or last sent) more than `older_than` ago, and running ones
+    started longer ago than the task's hard time limit (their worker died; the
+    filesystem broker does not redeliver). run_prediction is idempotent, so a duplicate
+    message is harmless.
+    """
+    now = timezone.now()
+    cutoff = now - older_than
+    dead_cutoff = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+    stale = Prediction.objects.filter(
+        Q(status=Prediction.Status.QUEUED)
+        & (Q(last_sent_at__lt=cutoff) | Q(last_sent_at__isnull=True, queued_at__lt=cutoff))
+        | Q(status=Prediction.Status.RUNNING, started_at__lt=dead_cutoff)
+    ).values_list("pk", flat=True)
+    sent = [pk for pk in stale if send_prediction_task(pk)]
+    if sent:
+        logger.info("requeued %d stale predictions: %s", len(sent), sent)
+    return sent
+
+
+# --------------------------------------------------------------------------------------
+# Model versions
+# --------------------------------------------------------------------------------------
+def get_active_model_version() -> ModelVersion:
+    model_version = ModelVersion.objects.filter(is_active=True).first()
+    if model_version is None:
+        raise NoActiveModel("No model version is active; run `manage.py ensure_model`.")
+    return model_version
+
+
+@transaction.atomic
+def activate_model_version(model_version: ModelVersion) -> ModelVersion:
+    """Make `model_version` the one active version (new uploads use it)."""
+    list(
+        ModelVersion.objects.select_for_update().filter(Q(is_active=True) | Q(pk=model_version.pk))
+    )
+    ModelVersion.objects.filter(is_active=True).exclude(pk=model_version.pk).update(is_active=False)
+    ModelVersion.objects.filter(pk=model_version.pk).update(is_active=True)
+    model_version.is_active = True
+    return model_version
+
+
+def register_model_dir(model_dir: Path) -> ModelVersion:
+    """Register a model folder (model.json + model.keras [+ metrics.json]); copies the file."""
+    metadata = json.loads((model_dir / "model.json").read_text())
+    metrics_path = model_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    model_version = ModelVersion(
+        name=str(metadata["version"]),
+        threshold=float(metadata["threshold"]),
+        image_size=int(metadata["image_size"]),
+        metrics=metrics,
+    )
+    with open(model_dir / "model.keras", "rb") as fh:
+        model_version.model_file.save("model.keras", File(fh), save=False)
+    try:
+        model_version.save()
+    except Exception:
+        delete_stored_files(model_version.model_file)
+        raise
+    return model_version
+
+
+def model_dirs(models_dir: Path) -> list[Path]:
+    """Folders holding a model.json and model.keras, oldest first (by model.json mtime)."""
+    if not models_dir.is_dir():
+        return []
+    found = [
+        path
+        for path in models_dir.iterdir()
+        if (path / "model.json").is_file() and (path / "model.keras").is_file()
+    ]
+    return sorted(found, key=lambda path: ((path / "model.json").stat().st_mtime, path.name))
+
+
+def ensure_models(models_dir: Path | None = None) -> tuple[list[ModelVersion], ModelVersion | None]:
+    """Register unregistered model folders; activate the newest version if none is active.
+
+    Idempotent. Returns (newly registered versions, version activated now or None).
+    """
+    models_dir = Path(models_dir or settings.PNEUMOSITE_MODELS_DIR)
+    known = set(ModelVersion.objects.values_list("name", flat=True))
+    registered = []
+    for model_dir in model_dirs(models_dir):
+        name = str(json.loads((model_dir / "model.json").read_text())["version"])
+        if name not in known:
+            registered.append(register_model_dir(model_dir))
+            known.add(name)
+    activated = None
+    if not ModelVersion.objects.filter(is_active=True).exists():
+        newest = ModelVersion.objects.order_by("-created_at", "-pk").first()
+        if newest is not None:
+            activated = activate_model_version(newest)
+    return registered, activated
+
+
+# --------------------------------------------------------------------------------------
+# Running a prediction (called by tasks.run_prediction)
+# --------------------------------------------------------------------------------------
+def claim_prediction(*, prediction_id: int, task_id: str) -> Prediction | None:
+    """Mark a prediction running for this delivery, or None when it must not run.
+
+    A conditional UPDATE, so two deliveries cannot both claim it. Claimable: queued;
+    running under the same task id (a retry, or a redelivery after a worker crash);
+    running for longer than the hard time limit (its worker is gone).
+    """
+    now = timezone.now()
+    dead_before = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
+    claimed = (
+        Prediction.objects.filter(pk=prediction_id)
+        .filter(
+            Q(status=Prediction.Status.QUEUED)
+            | Q(status=Prediction.Status.RUNNING, task_id=task_id)
+            | Q(status=Prediction.Status.RUNNING, started_at__lt=dead_before)
+        )
+        .update(status=Prediction.Status.RUNNING, started_at=now, task_id=task_id)
+    )
+    if not claimed:
+        return None
+    return Prediction.objects.select_related("case", "model_version").get(pk=prediction_id)
+
+
+@dataclass(frozen=True)
+class ComputedReading:
+    probability: float
+    label: str
+    threshold: float
+    inference_ms: float
+    heatmap_png: bytes
+
+
+def compute_reading(prediction: Prediction) -> ComputedReading:
+    """Run the prediction's model version on the case's stored original (no DB writes).
+
+    Raises mlcore.imageio.ImageDecodeError when the stored file cannot be decoded.
+    """
+    from diagnoses.imaging import display_sized_png
+    from diagnoses.predictors import get_predictor
+    from mlcore.imageio import decode_image
+
+    predictor = get_predictor(prediction.model_version)
+    with prediction.case.original.open("rb") as fh:
+        data = fh.read()
+    image = decode_image(data, max_pixels=settings.PNEUMOSITE_MAX_PIXELS)
+    reading = predictor.predict(image)
+    heatmap = display_sized_png(predictor.explain(image))
+    return ComputedReading(
+        probability=float(reading.probability),
+        label=str(reading.label),
+        threshold=float(reading.threshold),
+        inference_ms=float(reading.inference_ms),
+        heatmap_png=heatmap,
+    )
+
+
+def save_reading(*, prediction: Prediction, task_id: str, computed: ComputedReading) -> bool:
+    """Store the result if this delivery still holds the claim; False when it does not."""
+    from diagnoses.models import heatmap_upload_to
+
+    storage = Prediction._meta.get_field("heatmap").storage
+    heatmap_name = storage.save(
+        heatmap_upload_to(prediction, ""), ContentFile(computed.heatmap_png)
+    )
+    try:
+        with transaction.atomic():
+            saved = Prediction.objects.filter(
+                pk=prediction.pk, status=Prediction.Status.RUNNING, task_id=task_id
+            ).update(
+                status=Prediction.Status.DONE,
+                probability=computed.probability,
+                label=computed.label,
+                threshold=computed.threshold,
+                inference_ms=computed.inference_ms,
+                heatmap=heatmap_name,
+                error_message="",
+                finished_at=timezone.now(),
+            )
+    except Exception:
+        storage.delete(heatmap_name)
+        raise
+    if not saved:
+        storage.delete(heatmap_name)
+    return bool(saved)
+
+
+def fail_prediction(*, prediction_id: int, message: str) -> bool:
+    """Mark a not yet finished prediction failed with a message for the user."""
+    return bool(
+        Prediction.objects.filter(
+            pk=prediction_id, status__in=[Prediction.Status.QUEUED, Prediction.Status.RUNNING]
+        ).update(
+            status=Prediction.Status.FAILED,
+            error_message=message[:2000],
+            finished_at=timezone.now(),
+        )
+    )
