@@ -1,9 +1,12 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from pneumosite.health import healthz
+
 # Media files (X-ray uploads) are deliberately not served publicly here; views that
 # expose them must check permissions.
 urlpatterns = [
+    path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("diagnoses.urls")),

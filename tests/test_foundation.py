@@ -190,6 +190,8 @@ def test_s3_storage_when_bucket_is_set(tmp_path):
         "querystring_auth": True,
         "querystring_expire": 300,
         "file_overwrite": False,
+        "signature_version": "s3v4",
+        "addressing_style": "path",
         "endpoint_url": "http://127.0.0.1:9000",
         "region_name": "eu-west-1",
         "access_key": "AKIAEXAMPLE",
