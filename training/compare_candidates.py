@@ -1,6 +1,6 @@
 """Compare trained candidates (and their averages) on the validation carve only.
 
-    python training/compare_candidates.py --data DIR MODEL_DIR [MODEL_DIR ...]
+python training/compare_candidates.py --data DIR MODEL_DIR [MODEL_DIR ...]
 """
 
 from __future__ import annotations

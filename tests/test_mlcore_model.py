@@ -1,0 +1,107 @@
+"""The shipped model, the fast path, Grad-CAM and a short real training run."""
+
+import io
+import json
+
+import keras
+import numpy as np
+import pytest
+from conftest import require_service
+from mlcore_support import DATASET, sample_files, shipped_model_dir
+from PIL import Image
+
+from mlcore import data as datasets
+from mlcore.evaluate import evaluate
+from mlcore.inference import Predictor
+from mlcore.preprocess import preprocess_image
+from mlcore.train import TrainConfig, train
+
+READINGS_FILE = "sample_readings.json"
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor.load(shipped_model_dir())
+
+
+@pytest.fixture(scope="module")
+def dataset_root():
+    require_service("dataset", DATASET.is_dir(), f"{DATASET} (Kermany et al. 2018) is absent")
+    return DATASET
+
+
+def test_training_and_serving_preprocess_identically(predictor):
+    samples = [datasets.Sample(path, 0) for path in sample_files()]
+    cached, _ = datasets.load_arrays(samples, predictor.image_size)
+    served = np.stack([preprocess_image(s.path.read_bytes()) for s in samples])
+    assert np.array_equal(cached, served)
+    readings = predictor.predict_batch([s.path.read_bytes() for s in samples])
+    probabilities = predictor.probabilities(cached)
+    assert np.allclose([r.probability for r in readings], probabilities, atol=1e-6)
+
+
+def test_fast_path_matches_keras_predict(predictor):
+    pixels = np.stack([preprocess_image(p.read_bytes()) for p in sample_files()])
+    reference = predictor.model.predict(pixels.astype(np.float32), verbose=0).ravel()
+    fast = [predictor.predict(p.read_bytes()).probability for p in sample_files()]
+    assert np.max(np.abs(np.array(fast) - reference)) < 1e-4
+
+
+def test_sample_readings_match_the_recorded_ones(predictor):
+    """Regression: the shipped model's readings of the 12 full-size samples."""
+    recorded = json.loads((shipped_model_dir() / READINGS_FILE).read_text())
+    assert recorded["model_version"] == predictor.version
+    assert len(recorded["readings"]) == len(sample_files()) == 12
+    for path in sample_files():
+        reading = predictor.predict(path.read_bytes())
+        expected = recorded["readings"][path.name]
+        assert reading.label == expected["label"], path.name
+        assert abs(reading.probability - expected["probability"]) < 1e-3, path.name
+
+
+def test_shipped_model_reproduces_its_test_metrics(predictor, dataset_root, tmp_path):
+    stored = json.loads((shipped_model_dir() / "test_metrics.json").read_text())
+    report = evaluate(shipped_model_dir(), dataset_root, "test", out=tmp_path)
+    for key in ("accuracy", "sensitivity", "specificity"):
+        assert report["metrics"][key] == pytest.approx(stored["metrics"][key], abs=2 / 624)
+    assert report["metrics"]["auc"] == pytest.approx(stored["metrics"]["auc"], abs=1e-3)
+    assert (tmp_path / "test_roc.png").stat().st_size > 0
+
+
+def test_gradcam_overlay_has_the_image_size_and_a_hot_region(predictor):
+    path = next(p for p in sample_files() if p.parent.name == "PNEUMONIA")
+    image = Image.open(path)
+    overlay = Image.open(io.BytesIO(predictor.explain(path.read_bytes())))
+    assert overlay.size == image.size and overlay.mode == "RGB"
+    cam = predictor._gradcam(preprocess_image(image))
+    assert cam.max() == pytest.approx(1.0) and cam.std() > 0.05
+
+
+def test_short_training_run_lowers_the_loss_and_writes_every_artefact(dataset_root, tmp_path):
+    keras.backend.clear_session()
+    epochs_seen = []
+    config = TrainConfig(
+        data=dataset_root, out=tmp_path / "m", epochs=3, batch_size=16, limit_per_class=24,
+        width=8, learning_rate=3e-3,
+    )
+    report = train(config, on_epoch=lambda i, n, logs: epochs_seen.append(i), log=lambda _: None)
+    history = json.loads((config.out / "history.json").read_text())
+    assert history["loss"][-1] < history["loss"][0]
+    assert epochs_seen == [1, 2, 3]
+    for name in ("model.keras", "model.json", "train_metrics.json", "training.png",
+                 "validation_roc.png", "validation_confusion.png"):
+        assert (config.out / name).stat().st_size > 0, name
+    assert 0.0 <= report["metrics"]["auc"] <= 1.0
+    assert report["environment"]["keras"] == keras.__version__
+    reloaded = Predictor.load(config.out)
+    assert reloaded.threshold == pytest.approx(report["metrics"]["threshold"])
+
+
+def test_cancelled_training_writes_no_model(dataset_root, tmp_path):
+    from mlcore.train import TrainingCancelled
+
+    config = TrainConfig(data=dataset_root, out=tmp_path / "m", epochs=2, batch_size=16,
+                         limit_per_class=16, width=8)
+    with pytest.raises(TrainingCancelled):
+        train(config, should_stop=lambda: True, log=lambda _: None)
+    assert not (config.out / "model.keras").exists()
