@@ -96,12 +96,18 @@ def validate_upload(uploaded: UploadedFile) -> ValidatedImage:
     # here keeps an oversized one from being read into memory.
     if uploaded.size is not None and uploaded.size > max_bytes:
         raise UploadRejected(
-            f"The file is {uploaded.size / 1e6:.1f} MB, over the limit of {max_bytes / 1e6:.1f} MB."
+            f"The file is {human_size(uploaded.size)}, over the limit of {human_size(max_bytes)}."
         )
     data = uploaded.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise UploadRejected(f"The file is over the limit of {max_bytes / 1e6:.1f} MB.")
+        raise UploadRejected(f"The file is over the limit of {human_size(max_bytes)}.")
     return validate_bytes(data)
+
+
+def human_size(size: int) -> str:
+    if size >= 1024 * 1024:
+        return f"{size / (1024 * 1024):.1f} MB"
+    return f"{max(size / 1024, 0.1):.1f} KB"
 
 
 def validate_bytes(data: bytes) -> ValidatedImage:

@@ -1,0 +1,271 @@
+"""Upload page: validation by content, storage of the original and derived images, queueing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
+from fixtures.casekit import (  # noqa: F401 - fixtures
+    NORMAL_SAMPLE,
+    PNEUMONIA_SAMPLE,
+    dicom_bytes,
+    media_dir,
+    png_bytes,
+    staff_client,
+    staff_user,
+    stored_files,
+    var_dir,
+)
+from PIL import Image
+
+from diagnoses.models import Case, ModelVersion, Prediction
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def model_version(var_dir):  # noqa: F811
+    """A registered, active model version; these tests never run it."""
+    version = ModelVersion(name="test-model", threshold=0.5, image_size=224, is_active=True)
+    version.model_file.save("model.keras", ContentFile(b"not a real model"), save=False)
+    version.save()
+    return version
+
+
+def upload(client, *files, **fields):
+    return client.post("/upload/", {"files": list(files), **fields})
+
+
+def sample_file(path=NORMAL_SAMPLE, name=None):
+    return SimpleUploadedFile(name or path.name, path.read_bytes(), content_type="image/jpeg")
+
+
+def good_png(name="good.png"):
+    return SimpleUploadedFile(name, png_bytes(), content_type="image/png")
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bomb(width=100_000, height=100_000) -> bytes:
+    """A few hundred bytes declaring a 10-gigapixel 1-bit image."""
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    row = b"\x00" + b"\x00" * ((width + 7) // 8)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(row * 10))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def encoded(fmt: str) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (64, 64), 100).save(out, format=fmt)
+    return out.getvalue()
+
+
+def test_upload_page_has_multiple_file_input_and_csrf(staff_client):  # noqa: F811
+    body = staff_client.get("/upload/").content.decode()
+    assert 'type="file"' in body and "multiple" in body
+    assert 'enctype="multipart/form-data"' in body
+    assert "csrfmiddlewaretoken" in body
+    assert 'id="drop-zone"' in body
+
+
+def test_single_upload_stores_original_bytes_and_queues_a_prediction(
+    staff_client,
+    staff_user,
+    model_version,
+    media_dir,  # noqa: F811
+):
+    data = NORMAL_SAMPLE.read_bytes()
+    response = upload(staff_client, sample_file(), reference="WARD-7 bed 3", note="cough")
+    case = Case.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == f"/cases/{case.pk}/"
+
+    assert case.uploaded_by == staff_user
+    assert (case.reference, case.note) == ("WARD-7 bed 3", "cough")
+    assert case.original_filename == NORMAL_SAMPLE.name
+    assert NORMAL_SAMPLE.stem not in case.original.name  # random path, never the user's name
+    assert case.image_format == "JPEG" and (case.width, case.height) == (1260, 767)
+    assert case.original.read() == data
+    assert case.sha256 == hashlib.sha256(data).hexdigest()
+
+    display = Image.open(case.display_image)
+    assert display.format == "PNG" and display.size == (1260, 767)
+    assert not display.info.get("exif")
+    thumbnail = Image.open(case.thumbnail)
+    assert max(thumbnail.size) == 160
+
+    prediction = case.predictions.get()
+    assert prediction.status == Prediction.Status.QUEUED
+    assert prediction.model_version == model_version
+
+
+def test_display_image_is_limited_to_1600_pixels(staff_client, model_version):  # noqa: F811
+    big = SimpleUploadedFile("big.png", png_bytes(size=(3200, 2000)), content_type="image/png")
+    upload(staff_client, big)
+    case = Case.objects.get()
+    assert (case.width, case.height) == (3200, 2000)
+    assert Image.open(case.display_image).size == (1600, 1000)
+
+
+def test_upload_sends_the_task_after_commit(
+    staff_client,  # noqa: F811
+    model_version,
+    filesystem_broker,
+    celery_app_broker,
+    django_capture_on_commit_callbacks,
+):
+    celery_app_broker(filesystem_broker)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        upload(staff_client, sample_file())
+    assert len(callbacks) == 1
+    prediction = Prediction.objects.get()
+    assert prediction.last_sent_at is not None
+    messages = list(Path(filesystem_broker.transport_options["data_folder_out"]).iterdir())
+    assert len(messages) == 1
+    assert "diagnoses.tasks.run_prediction" in messages[0].read_text()
+
+
+def test_several_files_redirect_to_history_with_a_summary(staff_client, model_version):  # noqa: F811
+    response = upload(
+        staff_client, sample_file(), sample_file(PNEUMONIA_SAMPLE), reference="batch-1"
+    )
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert Case.objects.filter(reference="batch-1").count() == 2
+    assert Prediction.objects.filter(status=Prediction.Status.QUEUED).count() == 2
+    page = staff_client.get("/").content.decode()
+    assert "2 image(s) uploaded" in page
+
+
+BAD_INPUTS = {
+    "empty": ("empty.jpg", lambda: b"", "The file is empty."),
+    "text renamed .jpg": ("notes.jpg", lambda: b"patient notes\n" * 20, "Unsupported file type"),
+    "truncated JPEG": (
+        "cut.jpg",
+        lambda: NORMAL_SAMPLE.read_bytes()[:5000],
+        "damaged or incomplete",
+    ),
+    "PNG bomb": ("bomb.png", png_bomb, "limit of 50,000,000 pixels"),
+    "GIF": ("chest.gif", lambda: encoded("GIF"), "Unsupported file type"),
+    "BMP": ("chest.bmp", lambda: encoded("BMP"), "Unsupported file type"),
+    "DICOM without pixels": (
+        "empty.dcm",
+        lambda: dicom_bytes(with_pixels=False),
+        "no pixel data",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_INPUTS))
+def test_bad_file_is_rejected_alone_and_the_batch_goes_on(
+    staff_client,
+    model_version,
+    media_dir,
+    kind,  # noqa: F811
+):
+    name, make, expected = BAD_INPUTS[kind]
+    files_before = stored_files(media_dir)
+
+    response = upload(staff_client, SimpleUploadedFile(name, make()))
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert f"{name}: " in body and expected in body
+    assert not Case.objects.exists()
+    assert stored_files(media_dir) == files_before
+
+    response = upload(staff_client, SimpleUploadedFile(name, make()), good_png())
+    case = Case.objects.get()
+    assert response["Location"] == f"/cases/{case.pk}/"
+    assert case.original_filename == "good.png"
+    page = staff_client.get(response["Location"]).content.decode()
+    assert f"{name}: " in page and expected in page
+    assert len(stored_files(media_dir)) == len(files_before) + 3
+
+
+def test_file_over_the_size_limit_is_rejected(
+    staff_client,
+    model_version,
+    media_dir,
+    settings,  # noqa: F811
+):
+    settings.PNEUMOSITE_MAX_UPLOAD_BYTES = 20_000
+    files_before = stored_files(media_dir)
+    response = upload(staff_client, sample_file(), good_png())
+    assert Case.objects.get().original_filename == "good.png"
+    page = staff_client.get(response["Location"]).content.decode()
+    assert f"{NORMAL_SAMPLE.name}: The file is 75.0 KB, over the limit of 19.5 KB" in page
+    assert len(stored_files(media_dir)) == len(files_before) + 3
+
+
+def test_pixel_limit_comes_from_settings(staff_client, model_version, settings):  # noqa: F811
+    settings.PNEUMOSITE_MAX_PIXELS = 100_000
+    response = upload(staff_client, sample_file())
+    assert "limit of 100,000 pixels" in response.content.decode()
+    assert not Case.objects.exists()
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_dicom_is_accepted_and_stored_de_identified(
+    staff_client,
+    model_version,
+    photometric,  # noqa: F811
+):
+    import pydicom
+
+    data = dicom_bytes(photometric=photometric)
+    assert b"Doe^Jane" in data
+    upload(staff_client, SimpleUploadedFile("scan.dcm", data, content_type="application/dicom"))
+    case = Case.objects.get()
+    assert case.image_format == "DICOM" and (case.width, case.height) == (1260, 767)
+
+    stored = case.original.read()
+    assert b"Doe^Jane" not in stored and b"MRN-123456" not in stored
+    assert b"General Hospital" not in stored and b"private vendor data" not in stored
+    dataset = pydicom.dcmread(io.BytesIO(stored))
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "InstitutionName"):
+        assert keyword not in dataset
+    assert not any(element.tag.is_private for element in dataset)
+    assert dataset.PatientIdentityRemoved == "YES"
+    assert case.sha256 == hashlib.sha256(stored).hexdigest()
+
+    # MONOCHROME1 is inverted back: the display image looks like the source radiograph.
+    source = np.asarray(Image.open(NORMAL_SAMPLE).convert("L"), dtype=float)
+    display = np.asarray(Image.open(case.display_image).convert("L"), dtype=float)
+    assert np.abs(source - display).mean() < 2
+
+
+def test_upload_without_active_model_stores_nothing(staff_client, media_dir):  # noqa: F811
+    response = upload(staff_client, sample_file())
+    assert response.status_code == 200
+    assert "No model version is active" in response.content.decode()
+    assert not Case.objects.exists()
+    assert stored_files(media_dir) == []
+
+
+def test_upload_succeeds_when_the_broker_is_down(
+    staff_client,
+    model_version,
+    celery_app_broker,
+    django_capture_on_commit_callbacks,  # noqa: F811
+):
+    from conftest import BrokerConfig
+
+    celery_app_broker(BrokerConfig(url="redis://127.0.0.1:1/0"))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = upload(staff_client, sample_file())
+    case = Case.objects.get()
+    assert response["Location"] == f"/cases/{case.pk}/"
+    prediction = case.predictions.get()
+    assert prediction.status == Prediction.Status.QUEUED and prediction.last_sent_at is None
