@@ -29,15 +29,36 @@ max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 100)
 # Heartbeat files in memory, not on a possibly slow container filesystem.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
+# No runtime control socket (gunicornc): not used, and its default path under $HOME is
+# read-only in the image and shared between processes on one machine.
+control_socket_disable = True
+
 # Limits on the request line and headers (the body limit is Django's).
 limit_request_line = 8190
 limit_request_fields = 100
 
-# Logs to stdout/stderr; the app's own logs are JSON lines (settings.LOGGING).
+# Logs: JSON lines on stdout like the app's own (pneumosite.logging.JsonFormatter).
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss "%(a)s"'
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "pneumosite.logging.JsonFormatter"}},
+    "handlers": {
+        "stdout": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+            "formatter": "json",
+        },
+    },
+    "root": {"handlers": ["stdout"], "level": "INFO"},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["stdout"], "level": loglevel.upper(), "propagate": False},
+        "gunicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+    },
+}
 
 # X-Forwarded-* are trusted only from these addresses (the TLS proxy in front).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")

@@ -78,22 +78,12 @@ def check_storage() -> str:
 
 def active_model_file() -> str | None:
     """Storage name of the active model's file, or None when no model is registered."""
-    try:
-        from diagnoses.models import ModelVersion
-    except ImportError:
-        return None
-    from django.db.models import FileField
+    from diagnoses.models import ModelVersion
 
-    fields = {field.name: field for field in ModelVersion._meta.concrete_fields}
-    flag = next((name for name in ("is_active", "active") if name in fields), None)
-    file_field = next((f.name for f in fields.values() if isinstance(f, FileField)), None)
-    if flag is None or file_field is None:
+    version = ModelVersion.objects.filter(is_active=True).only("model_file").first()
+    if version is None or not version.model_file:
         return None
-    version = ModelVersion.objects.filter(**{flag: True}).order_by("-pk").first()
-    if version is None:
-        return None
-    name = getattr(version, file_field).name
-    return name or None
+    return version.model_file.name
 
 
 def check_model() -> str:

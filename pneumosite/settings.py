@@ -219,7 +219,12 @@ if AWS_STORAGE_BUCKET_NAME:
     ):
         if env_str(_var):
             _s3_options[_opt] = env_str(_var)
-    _default_storage = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": _s3_options}
+    _s3_backend = "storages.backends.s3.S3Storage"
+    if env_str("AWS_S3_PUBLIC_ENDPOINT_URL"):
+        # Signed URLs for the browser name this endpoint (see pneumosite/storage.py).
+        _s3_backend = "pneumosite.storage.S3Storage"
+        _s3_options["public_endpoint_url"] = env_str("AWS_S3_PUBLIC_ENDPOINT_URL")
+    _default_storage = {"BACKEND": _s3_backend, "OPTIONS": _s3_options}
 else:
     _default_storage = {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
