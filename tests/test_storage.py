@@ -109,10 +109,7 @@ def test_objects_are_private(storage, s3_server, s3_bucket):  # noqa: F811
 
 
 def test_public_endpoint_signs_urls_for_the_browser_host(
-    s3_server,
-    s3_bucket,
-    settings,
-    tmp_path,  # noqa: F811
+    s3_server, s3_bucket, settings, tmp_path  # noqa: F811
 ):
     """docker-compose: the app talks to http://minio:9000, browsers to localhost:9000."""
     from django.core.files.storage import default_storage
