@@ -42,6 +42,15 @@ class ModelVersion(models.Model):
     metrics = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     is_active = models.BooleanField(default=False)
+    # Added for retraining (diagnoses/retraining.py): validation metrics (patient-wise carve
+    # of train/), metrics on the official test split, storage names of the plots
+    # ({"test_roc": "models/...png", ...}) and the reviewed cases the version learnt from.
+    validation_metrics = models.JSONField(default=dict, blank=True)
+    test_metrics = models.JSONField(default=dict, blank=True)
+    plots = models.JSONField(default=dict, blank=True)
+    trained_on_cases = models.ManyToManyField(
+        "Case", blank=True, related_name="trained_model_versions"
+    )
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -164,3 +173,86 @@ class Review(models.Model):
 
     def __str__(self) -> str:
         return f"Review {self.pk} of case {self.case_id}: {self.verdict}"
+
+
+class RetrainingJob(models.Model):
+    """One retraining run (diagnoses/retraining.py); at most one is queued or running."""
+
+    class Mode(models.TextChoices):
+        FINE_TUNE = "fine_tune", "Fine-tune the active model"
+        SCRATCH = "scratch", "Train from scratch"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
+
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="retraining_jobs"
+    )
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.FINE_TUNE)
+    epochs = models.PositiveIntegerField()
+    reviewed_since = models.DateField(
+        null=True, blank=True, help_text="Only reviews made on or after this date."
+    )
+    # Further training options (learning_rate, limit_per_class for smoke runs, ...).
+    options = models.JSONField(default=dict, blank=True)
+    base_version = models.ForeignKey(
+        ModelVersion,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="fine_tune_jobs",
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    # {"phase": ..., "epoch": i, "epochs": n, "logs": {...}, "history": [...]}
+    progress = models.JSONField(default=dict, blank=True)
+    log_tail = models.TextField(blank=True)
+    error_message = models.TextField(blank=True)
+    result = models.ForeignKey(
+        ModelVersion,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="retraining_jobs",
+    )
+    cancel_requested = models.BooleanField(default=False)
+    celery_task_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            # At most one job waits or runs at a time (a second request is refused).
+            models.UniqueConstraint(
+                models.Value(1),
+                condition=Q(status__in=["queued", "running"]),
+                name="one_active_retraining_job",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="succeeded") | Q(result__isnull=False),
+                name="retraining_succeeded_has_result",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Retraining job {self.pk} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+
+class ReviewQueueCase(Case):
+    """Admin "Review queue": unreviewed cases, the least certain readings first."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "review queue case"
+        verbose_name_plural = "review queue"
