@@ -12,26 +12,17 @@ import numpy as np
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
-from fixtures.casekit import (  # noqa: F401 - fixtures
-    NORMAL_SAMPLE,
-    PNEUMONIA_SAMPLE,
-    dicom_bytes,
-    media_dir,
-    png_bytes,
-    staff_client,
-    staff_user,
-    stored_files,
-    var_dir,
-)
+from fixtures.casekit import NORMAL_SAMPLE, PNEUMONIA_SAMPLE, dicom_bytes, png_bytes, stored_files
 from PIL import Image
 
 from diagnoses.models import Case, ModelVersion, Prediction
 
+pytest_plugins = ["fixtures.casekit"]
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def model_version(var_dir):  # noqa: F811
+def model_version(var_dir):
     """A registered, active model version; these tests never run it."""
     version = ModelVersion(name="test-model", threshold=0.5, image_size=224, is_active=True)
     version.model_file.save("model.keras", ContentFile(b"not a real model"), save=False)
@@ -73,7 +64,7 @@ def encoded(fmt: str) -> bytes:
     return out.getvalue()
 
 
-def test_upload_page_has_multiple_file_input_and_csrf(staff_client):  # noqa: F811
+def test_upload_page_has_multiple_file_input_and_csrf(staff_client):
     body = staff_client.get("/upload/").content.decode()
     assert 'type="file"' in body and "multiple" in body
     assert 'enctype="multipart/form-data"' in body
@@ -85,7 +76,7 @@ def test_single_upload_stores_original_bytes_and_queues_a_prediction(
     staff_client,
     staff_user,
     model_version,
-    media_dir,  # noqa: F811
+    media_dir,
 ):
     data = NORMAL_SAMPLE.read_bytes()
     response = upload(staff_client, sample_file(), reference="WARD-7 bed 3", note="cough")
@@ -112,7 +103,7 @@ def test_single_upload_stores_original_bytes_and_queues_a_prediction(
     assert prediction.model_version == model_version
 
 
-def test_display_image_is_limited_to_1600_pixels(staff_client, model_version):  # noqa: F811
+def test_display_image_is_limited_to_1600_pixels(staff_client, model_version):
     big = SimpleUploadedFile("big.png", png_bytes(size=(3200, 2000)), content_type="image/png")
     upload(staff_client, big)
     case = Case.objects.get()
@@ -121,7 +112,7 @@ def test_display_image_is_limited_to_1600_pixels(staff_client, model_version):  
 
 
 def test_upload_sends_the_task_after_commit(
-    staff_client,  # noqa: F811
+    staff_client,
     model_version,
     filesystem_broker,
     celery_app_broker,
@@ -138,7 +129,7 @@ def test_upload_sends_the_task_after_commit(
     assert "diagnoses.tasks.run_prediction" in messages[0].read_text()
 
 
-def test_several_files_redirect_to_history_with_a_summary(staff_client, model_version):  # noqa: F811
+def test_several_files_redirect_to_history_with_a_summary(staff_client, model_version):
     response = upload(
         staff_client, sample_file(), sample_file(PNEUMONIA_SAMPLE), reference="batch-1"
     )
@@ -173,7 +164,7 @@ def test_bad_file_is_rejected_alone_and_the_batch_goes_on(
     staff_client,
     model_version,
     media_dir,
-    kind,  # noqa: F811
+    kind,
 ):
     name, make, expected = BAD_INPUTS[kind]
     files_before = stored_files(media_dir)
@@ -198,7 +189,7 @@ def test_file_over_the_size_limit_is_rejected(
     staff_client,
     model_version,
     media_dir,
-    settings,  # noqa: F811
+    settings,
 ):
     settings.PNEUMOSITE_MAX_UPLOAD_BYTES = 20_000
     files_before = stored_files(media_dir)
@@ -209,7 +200,7 @@ def test_file_over_the_size_limit_is_rejected(
     assert len(stored_files(media_dir)) == len(files_before) + 3
 
 
-def test_pixel_limit_comes_from_settings(staff_client, model_version, settings):  # noqa: F811
+def test_pixel_limit_comes_from_settings(staff_client, model_version, settings):
     settings.PNEUMOSITE_MAX_PIXELS = 100_000
     response = upload(staff_client, sample_file())
     assert "limit of 100,000 pixels" in response.content.decode()
@@ -220,7 +211,7 @@ def test_pixel_limit_comes_from_settings(staff_client, model_version, settings):
 def test_dicom_is_accepted_and_stored_de_identified(
     staff_client,
     model_version,
-    photometric,  # noqa: F811
+    photometric,
 ):
     import pydicom
 
@@ -246,7 +237,7 @@ def test_dicom_is_accepted_and_stored_de_identified(
     assert np.abs(source - display).mean() < 2
 
 
-def test_upload_without_active_model_stores_nothing(staff_client, media_dir):  # noqa: F811
+def test_upload_without_active_model_stores_nothing(staff_client, media_dir):
     response = upload(staff_client, sample_file())
     assert response.status_code == 200
     assert "No model version is active" in response.content.decode()
@@ -258,7 +249,7 @@ def test_upload_succeeds_when_the_broker_is_down(
     staff_client,
     model_version,
     celery_app_broker,
-    django_capture_on_commit_callbacks,  # noqa: F811
+    django_capture_on_commit_callbacks,
 ):
     from conftest import BrokerConfig
 

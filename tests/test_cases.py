@@ -1,0 +1,356 @@
+"""Case page, status endpoint, re-run, model registration and the prediction task (in-process)."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import timedelta
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from django.core.files.storage import FileSystemStorage
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
+from django.db import IntegrityError, OperationalError
+from django.utils import timezone
+from fixtures.casekit import NORMAL_SAMPLE, PNEUMONIA_SAMPLE
+from PIL import Image
+
+from diagnoses import services
+from diagnoses.imaging import validate_bytes
+from diagnoses.models import Case, ModelVersion, Prediction
+from diagnoses.tasks import run_prediction
+
+pytest_plugins = ["fixtures.casekit"]
+pytestmark = pytest.mark.django_db
+
+
+def make_case(user, path=NORMAL_SAMPLE, reference="") -> Case:
+    return services.create_case(
+        validated=validate_bytes(path.read_bytes()),
+        original_filename=path.name,
+        uploaded_by=user,
+        reference=reference,
+    )
+
+
+@pytest.fixture(scope="session")
+def reference_predictor(model_dir):
+    from mlcore.inference import Predictor
+
+    return Predictor.load(model_dir)
+
+
+# --------------------------------------------------------------------------------------
+# The task, in-process with the real model
+# --------------------------------------------------------------------------------------
+def test_run_prediction_matches_the_model_and_stores_a_heatmap(
+    active_model,
+    staff_user,
+    reference_predictor,
+):
+    case = make_case(staff_user, PNEUMONIA_SAMPLE)
+    prediction = case.predictions.get()
+
+    assert run_prediction.apply(args=[prediction.pk]).get() == "done"
+
+    prediction.refresh_from_db()
+    expected = reference_predictor.predict(PNEUMONIA_SAMPLE.read_bytes())
+    assert prediction.status == Prediction.Status.DONE
+    assert 0.0 <= prediction.probability <= 1.0
+    assert prediction.probability == pytest.approx(expected.probability, abs=1e-4)
+    assert prediction.label == expected.label
+    assert prediction.threshold == pytest.approx(active_model.threshold)
+    assert prediction.inference_ms > 0
+    assert prediction.started_at <= prediction.finished_at
+    heatmap = Image.open(prediction.heatmap)
+    assert heatmap.format == "PNG" and heatmap.size == (case.width, case.height)
+
+
+def test_run_prediction_twice_writes_one_result(active_model, staff_user, media_dir):
+    prediction = make_case(staff_user).predictions.get()
+
+    assert run_prediction(prediction.pk) == "done"
+    first = Prediction.objects.get(pk=prediction.pk)
+    heatmaps = list((media_dir / "predictions").rglob("*.png"))
+
+    assert run_prediction(prediction.pk) == "skipped"
+    assert run_prediction.apply(args=[prediction.pk]).get() == "skipped"
+    again = Prediction.objects.get(pk=prediction.pk)
+    assert (again.finished_at, again.heatmap.name, again.task_id) == (
+        first.finished_at,
+        first.heatmap.name,
+        first.task_id,
+    )
+    assert (
+        list((media_dir / "predictions").rglob("*.png"))
+        == heatmaps
+        == [media_dir / first.heatmap.name]
+    )
+
+
+def test_a_delivery_that_lost_its_claim_does_not_write(active_model, staff_user, media_dir):
+    prediction = make_case(staff_user).predictions.get()
+    claimed = services.claim_prediction(prediction_id=prediction.pk, task_id="first")
+    computed = services.compute_reading(claimed)
+    # A second delivery (say after the first worker was presumed dead) takes the claim...
+    Prediction.objects.filter(pk=prediction.pk).update(task_id="second")
+
+    assert services.save_reading(prediction=claimed, task_id="first", computed=computed) is False
+    assert Prediction.objects.get(pk=prediction.pk).status == Prediction.Status.RUNNING
+    assert not (media_dir / "predictions").exists() or not any(
+        (media_dir / "predictions").rglob("*.png")
+    )
+    assert services.save_reading(prediction=claimed, task_id="second", computed=computed)
+    assert Prediction.objects.get(pk=prediction.pk).status == Prediction.Status.DONE
+
+
+def test_running_prediction_of_another_live_delivery_is_not_claimed(active_model, staff_user):
+    prediction = make_case(staff_user).predictions.get()
+    assert services.claim_prediction(prediction_id=prediction.pk, task_id="a") is not None
+    assert services.claim_prediction(prediction_id=prediction.pk, task_id="b") is None
+    assert services.claim_prediction(prediction_id=prediction.pk, task_id="a") is not None  # retry
+    Prediction.objects.filter(pk=prediction.pk).update(
+        started_at=timezone.now() - timedelta(hours=1)
+    )
+    assert services.claim_prediction(prediction_id=prediction.pk, task_id="b") is not None
+
+
+def test_undecodable_stored_image_marks_the_prediction_failed(active_model, staff_user):
+    case = make_case(staff_user)
+    with case.original.open("wb") as fh:
+        fh.write(b"GIF89a not an x-ray")
+    prediction = case.predictions.get()
+
+    assert run_prediction(prediction.pk) == "failed"
+    prediction.refresh_from_db()
+    assert prediction.status == Prediction.Status.FAILED
+    assert "Unsupported file type" in prediction.error_message
+    assert prediction.probability is None and prediction.finished_at is not None
+
+
+def test_transient_errors_are_retried_then_fail_with_a_reason(active_model, staff_user):
+    prediction = make_case(staff_user).predictions.get()
+    with mock.patch.object(
+        services, "compute_reading", side_effect=OperationalError("database is locked")
+    ) as compute:
+        run_prediction.apply(args=[prediction.pk])
+    assert compute.call_count == run_prediction.max_retries + 1 == 6
+    prediction.refresh_from_db()
+    assert prediction.status == Prediction.Status.FAILED
+    assert "after 5 retries" in prediction.error_message
+    assert "database is locked" in prediction.error_message
+
+
+def test_transient_error_then_success(active_model, staff_user):
+    prediction = make_case(staff_user).predictions.get()
+    real = services.compute_reading
+    errors = [ConnectionError("storage unreachable")]
+
+    def flaky(claimed):
+        if errors:
+            raise errors.pop()
+        return real(claimed)
+
+    with mock.patch.object(services, "compute_reading", side_effect=flaky) as compute:
+        run_prediction.apply(args=[prediction.pk])
+    assert compute.call_count == 2
+    prediction.refresh_from_db()
+    assert prediction.status == Prediction.Status.DONE
+
+
+def test_worker_model_cache_is_written_from_storage_and_db(active_model, var_dir, model_dir):
+    from diagnoses.predictors import ensure_local_model_dir
+
+    local = ensure_local_model_dir(active_model)
+    assert local == var_dir / "model-cache" / active_model.name
+    assert (local / "model.keras").read_bytes() == (model_dir / "model.keras").read_bytes()
+    assert json.loads((local / "model.json").read_text())["threshold"] == active_model.threshold
+
+
+# --------------------------------------------------------------------------------------
+# Model versions
+# --------------------------------------------------------------------------------------
+def test_ensure_model_is_idempotent(active_model, model_dir, media_dir):
+    assert active_model.is_active and active_model.image_size == 224
+    stored = media_dir / active_model.model_file.name
+    assert stored.read_bytes() == (model_dir / "model.keras").read_bytes()
+    out = io.StringIO()
+    call_command("ensure_model", stdout=out)
+    assert "up to date" in out.getvalue()
+    assert ModelVersion.objects.count() == 1
+    assert len(list((media_dir / "models").rglob("model.keras"))) == 1
+
+
+def test_ensure_model_registers_new_folders_without_changing_the_active_one(
+    active_model,
+    model_dir,
+    settings,
+    tmp_path,
+):
+    newer = Path(settings.PNEUMOSITE_MODELS_DIR) / "v-newer"
+    newer.mkdir()
+    (newer / "model.keras").symlink_to(model_dir / "model.keras")
+    (newer / "model.json").write_text('{"version": "v-newer", "threshold": 0.4, "image_size": 224}')
+    (newer / "metrics.json").write_text('{"auc": 0.97}')
+    call_command("ensure_model", stdout=io.StringIO())
+    registered = ModelVersion.objects.get(name="v-newer")
+    assert registered.metrics == {"auc": 0.97} and registered.threshold == 0.4
+    assert ModelVersion.objects.get(is_active=True) == active_model
+
+
+def test_activate_model_version_keeps_exactly_one_active(active_model):
+    other = ModelVersion.objects.create(
+        name="other", model_file=active_model.model_file.name, threshold=0.5, image_size=224
+    )
+    services.activate_model_version(other)
+    assert list(ModelVersion.objects.filter(is_active=True)) == [other]
+    services.activate_model_version(active_model)
+    assert list(ModelVersion.objects.filter(is_active=True)) == [active_model]
+    with pytest.raises(IntegrityError):
+        ModelVersion.objects.filter(pk=other.pk).update(is_active=True)
+
+
+def test_probability_outside_0_1_is_refused_by_the_database(active_model, staff_user):
+    prediction = make_case(staff_user).predictions.get()
+    with pytest.raises(IntegrityError):
+        Prediction.objects.filter(pk=prediction.pk).update(probability=1.5)
+
+
+# --------------------------------------------------------------------------------------
+# Case page, status endpoint, re-run
+# --------------------------------------------------------------------------------------
+def test_case_page_while_queued_polls_the_status(staff_client, staff_user, active_model):
+    case = make_case(staff_user, reference="R-1")
+    body = staff_client.get(f"/cases/{case.pk}/").content.decode()
+    assert "Decision support only — not a diagnosis. A clinician must review every image." in body
+    assert "Prediction queued" in body
+    assert f'data-status-url="/cases/{case.pk}/status.json"' in body and 'data-pending="1"' in body
+    assert f"/cases/{case.pk}/image/display/" in body
+    assert "/image/heatmap/" not in body
+
+    status = staff_client.get(f"/cases/{case.pk}/status.json").json()
+    assert status["status"] == "queued" and status["pending"] is True
+    assert status["reading"] is None
+
+
+def test_case_page_shows_the_reading_and_heatmap_when_done(
+    staff_client,
+    staff_user,
+    active_model,
+):
+    case = make_case(staff_user, PNEUMONIA_SAMPLE)
+    prediction = case.predictions.get()
+    run_prediction(prediction.pk)
+    prediction.refresh_from_db()
+
+    body = staff_client.get(f"/cases/{case.pk}/").content.decode()
+    percent = f"{prediction.probability * 100:.1f}%"
+    if prediction.label == "pneumonia":
+        assert f"Pneumonia likely — {percent}" in body
+    else:
+        assert f"Normal likely — {percent} pneumonia probability" in body
+    assert f"model {active_model.name}" in body
+    assert f"/cases/{case.pk}/image/heatmap/" in body and 'id="heatmap-opacity"' in body
+    assert 'data-pending="0"' in body
+
+    status = staff_client.get(f"/cases/{case.pk}/status.json").json()
+    assert status["status"] == "done" and status["pending"] is False
+    assert status["reading"]["probability"] == pytest.approx(prediction.probability)
+
+    response = staff_client.get(f"/cases/{case.pk}/image/heatmap/")
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == prediction.heatmap.open("rb").read()
+
+
+def test_reading_text():
+    from diagnoses.templatetags.diagnoses_tags import reading_text
+
+    assert reading_text("pneumonia", 0.9734) == "Pneumonia likely — 97.3%"
+    assert reading_text("normal", 0.121) == "Normal likely — 12.1% pneumonia probability"
+    assert reading_text("", None) == "No reading yet"
+
+
+def test_images_are_served_through_the_view(staff_client, staff_user, active_model):
+    case = make_case(staff_user)
+    original = staff_client.get(f"/cases/{case.pk}/image/original/")
+    assert original.status_code == 200
+    assert b"".join(original.streaming_content) == NORMAL_SAMPLE.read_bytes()
+    assert f'filename="case-{case.pk}.jpg"' in original["Content-Disposition"]
+    for kind in ("display", "thumbnail"):
+        assert staff_client.get(f"/cases/{case.pk}/image/{kind}/").status_code == 200
+    assert staff_client.get(f"/cases/{case.pk}/image/heatmap/").status_code == 404
+    assert staff_client.get(f"/cases/{case.pk}/image/secrets/").status_code == 404
+
+
+def test_remote_storage_redirects_to_a_signed_url(staff_client, staff_user, active_model):
+    case = make_case(staff_user)
+    storage = FileSystemStorage
+    with (
+        mock.patch.object(storage, "path", side_effect=NotImplementedError),
+        mock.patch.object(storage, "url", return_value="https://s3.example/x?X-Amz-Signature=1"),
+    ):
+        response = staff_client.get(f"/cases/{case.pk}/image/original/")
+    assert response.status_code == 302
+    assert response["Location"] == "https://s3.example/x?X-Amz-Signature=1"
+
+
+def test_rerun_queues_one_prediction_with_the_active_model(
+    staff_client,
+    staff_user,
+    active_model,
+):
+    case = make_case(staff_user)
+    first = case.predictions.get()
+    staff_client.post(f"/cases/{case.pk}/rerun/")
+    assert case.predictions.count() == 1  # the queued one is identical
+
+    run_prediction(first.pk)
+    response = staff_client.post(f"/cases/{case.pk}/rerun/")
+    assert response.status_code == 302 and response["Location"] == f"/cases/{case.pk}/"
+    newest = case.predictions.order_by("-pk").first()
+    assert case.predictions.count() == 2
+    assert newest.status == Prediction.Status.QUEUED and newest.model_version == active_model
+    assert staff_client.get(f"/cases/{case.pk}/rerun/").status_code == 405
+
+
+# --------------------------------------------------------------------------------------
+# Requeueing
+# --------------------------------------------------------------------------------------
+def test_requeue_stale_predictions_resends_old_queued_ones(
+    active_model,
+    staff_user,
+    filesystem_broker,
+    celery_app_broker,
+):
+    celery_app_broker(filesystem_broker)
+    old, fresh, done = (make_case(staff_user).predictions.get() for _ in range(3))
+    long_ago = timezone.now() - timedelta(minutes=10)
+    Prediction.objects.filter(pk__in=[old.pk, done.pk]).update(queued_at=long_ago)
+    Prediction.objects.filter(pk=done.pk).update(status=Prediction.Status.DONE, probability=0.2)
+
+    out = io.StringIO()
+    call_command("requeue_stale_predictions", "--older-than", "60", stdout=out)
+    assert "Requeued 1 prediction(s)" in out.getvalue()
+    messages = list(Path(filesystem_broker.transport_options["data_folder_out"]).iterdir())
+    assert len(messages) == 1 and f"({old.pk},)" in messages[0].read_text()
+    assert Prediction.objects.get(pk=old.pk).last_sent_at is not None
+
+    call_command("requeue_stale_predictions", "--older-than", "60", stdout=out)
+    assert "Requeued 0 prediction(s)" in out.getvalue()
+
+
+def test_requeue_is_a_periodic_task(settings):
+    from pneumosite.celery import app
+
+    schedule = settings.CELERY_BEAT_SCHEDULE.values()
+    assert {"task": "diagnoses.tasks.requeue_stale_predictions", "schedule": 60.0} in schedule
+    assert "diagnoses.tasks.requeue_stale_predictions" in app.tasks
+
+
+def test_upload_form_posts_to_cases(staff_client, active_model):
+    data = NORMAL_SAMPLE.read_bytes()
+    response = staff_client.post("/upload/", {"files": [SimpleUploadedFile("a.jpeg", data)]})
+    assert response.status_code == 302
+    assert Case.objects.get().predictions.get().model_version == active_model
