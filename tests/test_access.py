@@ -1,0 +1,80 @@
+"""Access control: every page and every image needs a login; forms carry CSRF tokens."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.files.base import ContentFile
+from django.test import Client
+
+from diagnoses.models import Case, ModelVersion, Prediction
+
+pytest_plugins = ["fixtures.casekit"]
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def case(staff_user, var_dir):
+    """A case whose files (including a heatmap) exist in storage."""
+    model_version = ModelVersion.objects.create(
+        name="access-model", model_file="models/x.keras", threshold=0.5, image_size=224
+    )
+    case = Case(
+        uploaded_by=staff_user,
+        sha256="0" * 64,
+        image_format="PNG",
+        width=64,
+        height=64,
+    )
+    for field in ("original", "display_image", "thumbnail"):
+        getattr(case, field).save("x", ContentFile(b"secret image bytes"), save=False)
+    case.save()
+    prediction = Prediction(
+        case=case, model_version=model_version, status="done", probability=0.9, label="pneumonia"
+    )
+    prediction.heatmap.save("h.png", ContentFile(b"secret heatmap"), save=False)
+    prediction.save()
+    return case
+
+
+def case_urls(case):
+    return [
+        "/",
+        "/?reading=pneumonia&page=1",
+        "/upload/",
+        f"/cases/{case.pk}/",
+        f"/cases/{case.pk}/status.json",
+        *(f"/cases/{case.pk}/image/{kind}/" for kind in ("original", "display", "thumbnail")),
+        f"/cases/{case.pk}/image/heatmap/",
+    ]
+
+
+def test_anonymous_users_are_redirected_to_login_everywhere(client, case):
+    for url in case_urls(case):
+        response = client.get(url)
+        assert response.status_code == 302, url
+        assert response["Location"].startswith("/accounts/login/?next="), url
+    for url in ("/upload/", f"/cases/{case.pk}/rerun/"):
+        response = client.post(url)
+        assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+    assert case.predictions.count() == 1
+
+
+def test_logged_in_staff_see_every_case(client, case, django_user_model):
+    colleague = django_user_model.objects.create_user("colleague", password="x" * 20)
+    client.force_login(colleague)
+    for url in case_urls(case):
+        assert client.get(url).status_code == 200, url
+
+
+def test_media_is_not_served_from_a_public_url(client, case):
+    for name in (case.original.name, case.display_image.name):
+        assert client.get(f"/media/{name}").status_code in (302, 404)
+
+
+def test_post_forms_require_csrf(staff_user, case):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(staff_user)
+    assert client.post(f"/cases/{case.pk}/rerun/").status_code == 403
+    assert client.post("/upload/").status_code == 403
+    for url in ("/upload/", f"/cases/{case.pk}/"):
+        assert "csrfmiddlewaretoken" in client.get(url).content.decode(), url
