@@ -14,7 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.db import IntegrityError, OperationalError
 from django.utils import timezone
-from fixtures.casekit import NORMAL_SAMPLE, PNEUMONIA_SAMPLE
+from fixtures.casedata import NORMAL_SAMPLE, PNEUMONIA_SAMPLE
 from PIL import Image
 
 from diagnoses import services
@@ -33,13 +33,6 @@ def make_case(user, path=NORMAL_SAMPLE, reference="") -> Case:
         uploaded_by=user,
         reference=reference,
     )
-
-
-@pytest.fixture(scope="session")
-def reference_predictor(model_dir):
-    from mlcore.inference import Predictor
-
-    return Predictor.load(model_dir)
 
 
 # --------------------------------------------------------------------------------------
