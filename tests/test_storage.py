@@ -7,9 +7,13 @@ import urllib.request
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import s3server
 from django.core.files.base import ContentFile
-from s3server import s3_bucket, s3_server  # noqa: F401 - fixtures
 from test_foundation import clean_env, dump_settings
+
+# Fixtures: a moto S3 server on loopback and a bucket on it (see tests/s3server.py).
+s3_server = s3server.s3_server
+s3_bucket = s3server.s3_bucket
 
 
 def http_get(url: str) -> tuple[int, bytes]:
@@ -21,7 +25,7 @@ def http_get(url: str) -> tuple[int, bytes]:
 
 
 @pytest.fixture
-def s3_settings(s3_server, s3_bucket, settings, tmp_path):  # noqa: F811
+def s3_settings(s3_server, s3_bucket, settings, tmp_path):
     """settings.STORAGES exactly as settings.py builds them from the AWS_* variables."""
     dumped = dump_settings(clean_env(tmp_path / "var", **s3_server.env(s3_bucket)))
     settings.STORAGES = {**settings.STORAGES, "default": dumped["STORAGES"]["default"]}
@@ -35,7 +39,7 @@ def storage(s3_settings):
     return default_storage
 
 
-def test_settings_select_private_signed_s3(s3_settings, s3_bucket):  # noqa: F811
+def test_settings_select_private_signed_s3(s3_settings, s3_bucket):
     assert s3_settings["BACKEND"] == "storages.backends.s3.S3Storage"
     options = s3_settings["OPTIONS"]
     assert options["bucket_name"] == s3_bucket
@@ -47,7 +51,7 @@ def test_settings_select_private_signed_s3(s3_settings, s3_bucket):  # noqa: F81
     assert options["addressing_style"] == "path"
 
 
-def test_save_read_delete_through_default_storage(storage, s3_server, s3_bucket):  # noqa: F811
+def test_save_read_delete_through_default_storage(storage, s3_server, s3_bucket):
     name = storage.save("cases/original/scan.jpeg", ContentFile(b"\xff\xd8 x-ray bytes"))
     assert name == "cases/original/scan.jpeg"
     # The object is really in the bucket (not in a local folder).
@@ -63,7 +67,7 @@ def test_save_read_delete_through_default_storage(storage, s3_server, s3_bucket)
     assert listed.get("KeyCount", 0) == 0
 
 
-def test_url_is_signed_short_lived_and_works_over_http(storage, s3_server, s3_bucket):  # noqa: F811
+def test_url_is_signed_short_lived_and_works_over_http(storage, s3_server, s3_bucket):
     name = storage.save("cases/display/a.png", ContentFile(b"png bytes"))
     url = storage.url(name)
     parts = urlsplit(url)
@@ -94,7 +98,7 @@ def test_file_overwrite_false_keeps_both_files(storage):
         assert fh.read() == b"second"
 
 
-def test_objects_are_private(storage, s3_server, s3_bucket):  # noqa: F811
+def test_objects_are_private(storage, s3_server, s3_bucket):
     name = storage.save("cases/original/private.jpeg", ContentFile(b"patient image"))
     client = s3_server.client()
     grants = client.get_object_acl(Bucket=s3_bucket, Key=name)["Grants"]
@@ -109,7 +113,10 @@ def test_objects_are_private(storage, s3_server, s3_bucket):  # noqa: F811
 
 
 def test_public_endpoint_signs_urls_for_the_browser_host(
-    s3_server, s3_bucket, settings, tmp_path  # noqa: F811
+    s3_server,
+    s3_bucket,
+    settings,
+    tmp_path,
 ):
     """docker-compose: the app talks to http://minio:9000, browsers to localhost:9000."""
     from django.core.files.storage import default_storage
