@@ -111,3 +111,12 @@ def _fail_quietly(prediction_id: int, message: str) -> None:
 @shared_task(name="diagnoses.tasks.requeue_stale_predictions")
 def requeue_stale_predictions(older_than_seconds: int = REQUEUE_STALE_AFTER_SECONDS) -> list[int]:
     return services.requeue_stale_predictions(older_than=timedelta(seconds=older_than_seconds))
+
+
+@shared_task(bind=True, name="diagnoses.tasks.run_retraining")
+def run_retraining(self, job_id: int) -> str:
+    """Run one retraining job (diagnoses/retraining.py) on the "training" queue."""
+    from diagnoses import retraining
+
+    task_id = self.request.id or f"direct-{uuid.uuid4().hex}"
+    return retraining.run_job(job_id=job_id, task_id=task_id)

@@ -1,0 +1,477 @@
+"""Retraining: staff request a job, the "training" Celery worker runs it (tasks.run_retraining).
+
+A job fine-tunes the active model (or trains from scratch) on the base dataset plus every
+reviewed case whose current review is normal or pneumonia, evaluates the result on the
+official test split and registers it as a new, INACTIVE model version. Nothing is
+registered when a job fails or is cancelled: registration is one transaction at the very
+end, and the job's temporary folder is always deleted. A new version is only used after a
+staff member activates it (activate_version).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import uuid
+from collections import deque
+from datetime import date, timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files import File
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from diagnoses import selectors_staff, services
+from diagnoses.models import Case, ModelVersion, RetrainingJob, Review
+from diagnoses.reviews import require_staff
+
+logger = logging.getLogger(__name__)
+
+Mode = RetrainingJob.Mode
+Status = RetrainingJob.Status
+
+# Defaults per mode: the fine-tune recipe finishes in minutes on 2 CPU cores (BENCHMARKS.md).
+MODE_DEFAULTS = {
+    Mode.FINE_TUNE: {"epochs": 3, "learning_rate": 3e-4},
+    Mode.SCRATCH: {"epochs": 40, "learning_rate": 2e-3},
+}
+MAX_EPOCHS = 200
+OPTION_TYPES = {"learning_rate": float, "limit_per_class": int, "seed": int}
+CANCEL_POLL_SECONDS = 2.0  # should_stop asks the database at most this often
+PROGRESS_SAVE_SECONDS = 2.0  # log lines are written at most this often (epochs always)
+LOG_TAIL_LINES = 200
+# Files written by mlcore.train / mlcore.evaluate that are kept in storage.
+PLOT_FILES = {
+    "training": "training.png",
+    "validation_roc": "validation_roc.png",
+    "validation_confusion": "validation_confusion.png",
+    "test_roc": "test_roc.png",
+    "test_confusion": "test_confusion.png",
+}
+EXPORT_EXTENSIONS = {"JPEG": ".jpeg", "PNG": ".png", "DICOM": ".dcm"}
+
+
+class RetrainingRefused(Exception):
+    """The request cannot be accepted (another job is active, bad parameters, ...)."""
+
+
+class JobCancelled(Exception):
+    """Cancellation was requested after training finished (before registration)."""
+
+
+# --------------------------------------------------------------------------------------
+# Requesting, cancelling, activating (web side)
+# --------------------------------------------------------------------------------------
+def request_retraining(
+    *,
+    user,
+    mode: str = Mode.FINE_TUNE,
+    epochs: int | None = None,
+    reviewed_since: date | None = None,
+    options: dict | None = None,
+    enqueue: bool = True,
+) -> RetrainingJob:
+    """Create a queued job and send it to the training queue once committed.
+
+    Refused (RetrainingRefused) while another job is queued or running.
+    """
+    require_staff(user)
+    if mode not in Mode.values:
+        raise RetrainingRefused(f"Unknown mode {mode!r}.")
+    epochs = int(epochs or MODE_DEFAULTS[mode]["epochs"])
+    if not 1 <= epochs <= MAX_EPOCHS:
+        raise RetrainingRefused(f"Epochs must be between 1 and {MAX_EPOCHS}.")
+    options = _clean_options(options or {})
+    base_version = None
+    if mode == Mode.FINE_TUNE:
+        try:
+            base_version = services.get_active_model_version()
+        except services.NoActiveModel as exc:
+            raise RetrainingRefused(str(exc)) from exc
+    fail_stale_jobs()
+    try:
+        with transaction.atomic():
+            if RetrainingJob.objects.filter(status__in=RetrainingJob.ACTIVE_STATUSES).exists():
+                raise RetrainingRefused("Another retraining job is already queued or running.")
+            job = RetrainingJob.objects.create(
+                requested_by=user,
+                mode=mode,
+                epochs=epochs,
+                reviewed_since=reviewed_since,
+                options=options,
+                base_version=base_version,
+                progress={"phase": "queued", "epoch": 0, "epochs": epochs},
+            )
+    except IntegrityError as exc:  # a concurrent request won the race (one_active_retraining_job)
+        raise RetrainingRefused("Another retraining job is already queued or running.") from exc
+    logger.info("retraining job %s requested by %s (%s, %d epochs)", job.pk, user.pk, mode, epochs)
+    if enqueue:
+        transaction.on_commit(lambda: send_retraining_task(job.pk))
+    return job
+
+
+def _clean_options(options: dict) -> dict:
+    cleaned = {}
+    for key, value in options.items():
+        if value is None or value == "":
+            continue
+        if key not in OPTION_TYPES:
+            raise RetrainingRefused(f"Unknown option {key!r}.")
+        try:
+            cleaned[key] = OPTION_TYPES[key](value)
+        except (TypeError, ValueError) as exc:
+            raise RetrainingRefused(f"Option {key} must be a number.") from exc
+        if key != "seed" and cleaned[key] <= 0:
+            raise RetrainingRefused(f"Option {key} must be positive.")
+    return cleaned
+
+
+def send_retraining_task(job_id: int) -> bool:
+    """Send run_retraining; when the broker is unreachable the job fails at once (so that it
+    does not block later requests)."""
+    from diagnoses.tasks import run_retraining
+
+    try:
+        result = run_retraining.delay(job_id)
+    except Exception as exc:  # noqa: BLE001 - kombu/redis raise many types when the broker is down
+        logger.exception("could not send run_retraining for job %s", job_id)
+        RetrainingJob.objects.filter(pk=job_id, status=Status.QUEUED).update(
+            status=Status.FAILED,
+            error_message=f"Could not queue the job (broker unreachable): {exc}"[:2000],
+            finished_at=timezone.now(),
+        )
+        return False
+    RetrainingJob.objects.filter(pk=job_id, celery_task_id="").update(celery_task_id=result.id)
+    return True
+
+
+def request_cancel(*, job: RetrainingJob, user) -> RetrainingJob:
+    """A queued job is cancelled at once; a running one stops at the training loop's next
+    check (within seconds) and ends `cancelled` with no model version."""
+    require_staff(user)
+    now = timezone.now()
+    cancelled_queued = RetrainingJob.objects.filter(pk=job.pk, status=Status.QUEUED).update(
+        status=Status.CANCELLED, cancel_requested=True, finished_at=now
+    )
+    if not cancelled_queued:
+        RetrainingJob.objects.filter(pk=job.pk, status=Status.RUNNING).update(cancel_requested=True)
+    logger.info("cancellation of retraining job %s requested by %s", job.pk, user.pk)
+    job.refresh_from_db()
+    return job
+
+
+def fail_stale_jobs() -> list[int]:
+    """Running jobs older than the task's hard time limit lost their worker: mark them failed."""
+    dead_before = timezone.now() - timedelta(seconds=settings.PNEUMOSITE_TRAINING_TIME_LIMIT + 60)
+    stale = list(
+        RetrainingJob.objects.filter(status=Status.RUNNING, started_at__lt=dead_before).values_list(
+            "pk", flat=True
+        )
+    )
+    if stale:
+        RetrainingJob.objects.filter(pk__in=stale, status=Status.RUNNING).update(
+            status=Status.FAILED,
+            error_message="The worker running this job stopped responding.",
+            finished_at=timezone.now(),
+        )
+    return stale
+
+
+def activate_version(*, model_version: ModelVersion, user) -> ModelVersion:
+    """Make `model_version` the active one (rolling back = activating an older version).
+
+    New uploads and re-runs use it at once; workers load it on their next prediction.
+    """
+    require_staff(user)
+    services.activate_model_version(model_version)
+    logger.info("model version %s activated by %s", model_version.name, user.pk)
+    return model_version
+
+
+# --------------------------------------------------------------------------------------
+# Running a job (called by tasks.run_retraining, or manage.py retrain)
+# --------------------------------------------------------------------------------------
+def claim_job(*, job_id: int, task_id: str) -> RetrainingJob | None:
+    """Mark a queued job running for this delivery (or re-claim it on redelivery)."""
+    now = timezone.now()
+    claimed = RetrainingJob.objects.filter(
+        pk=job_id, status=Status.QUEUED, cancel_requested=False
+    ).update(status=Status.RUNNING, started_at=now, celery_task_id=task_id)
+    if not claimed:
+        claimed = RetrainingJob.objects.filter(
+            pk=job_id, status=Status.RUNNING, celery_task_id=task_id
+        ).update(started_at=now)
+    if not claimed:
+        return None
+    return RetrainingJob.objects.select_related("base_version").get(pk=job_id)
+
+
+class JobReporter:
+    """Progress, log tail and cancellation checks of one running job, throttled."""
+
+    def __init__(self, job: RetrainingJob):
+        self.job_id = job.pk
+        self.lines: deque[str] = deque(job.log_tail.splitlines(), maxlen=LOG_TAIL_LINES)
+        self.progress = {
+            "phase": "starting",
+            "epoch": 0,
+            "epochs": job.epochs,
+            "logs": {},
+            "history": [],
+        }
+        self._last_poll = 0.0
+        self._last_save = 0.0
+        self._cancel_seen = False
+
+    # mlcore callbacks -----------------------------------------------------------------
+    def log(self, message: str) -> None:
+        stamp = timezone.now().strftime("%H:%M:%S")
+        for line in str(message).splitlines() or [""]:
+            self.lines.append(f"{stamp} {line}")
+        self.save()
+
+    def on_epoch(self, epoch: int, epochs: int, logs: dict) -> None:
+        rounded = {key: round(float(value), 5) for key, value in logs.items()}
+        self.progress.update(epoch=epoch, epochs=epochs, logs=rounded)
+        self.progress["history"].append({"epoch": epoch, **rounded})
+        self.log(
+            f"epoch {epoch}/{epochs}: "
+            + ", ".join(f"{key} {value:.4f}" for key, value in rounded.items())
+        )
+        self.save(force=True)
+
+    def should_stop(self) -> bool:
+        """True once cancellation is requested; asks the database at most every 2 s."""
+        if self._cancel_seen:
+            return True
+        now = time.monotonic()
+        if now - self._last_poll < CANCEL_POLL_SECONDS:
+            return False
+        self._last_poll = now
+        self._cancel_seen = RetrainingJob.objects.filter(
+            pk=self.job_id, cancel_requested=True
+        ).exists()
+        return self._cancel_seen
+
+    # job side ---------------------------------------------------------------------------
+    def phase(self, name: str) -> None:
+        self.progress["phase"] = name
+        self.log(name)
+        self.save(force=True)
+
+    def raise_if_cancelled(self) -> None:
+        self._last_poll = 0.0
+        if self.should_stop():
+            raise JobCancelled("cancelled")
+
+    def fields(self) -> dict:
+        return {"progress": self.progress, "log_tail": "\n".join(self.lines)}
+
+    def save(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_save < PROGRESS_SAVE_SECONDS:
+            return
+        self._last_save = now
+        RetrainingJob.objects.filter(pk=self.job_id).update(**self.fields())
+
+    def finish(self, status: str, message: str = "") -> None:
+        self.progress["phase"] = status
+        if message:
+            self.log(message)
+        RetrainingJob.objects.filter(pk=self.job_id, status=Status.RUNNING).update(
+            status=status,
+            error_message=message[:2000],
+            finished_at=timezone.now(),
+            **self.fields(),
+        )
+
+
+def run_job(*, job_id: int, task_id: str) -> str:
+    """Run a job to the end: "succeeded", "failed", "cancelled" or "skipped"."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from mlcore.train import TrainingCancelled
+
+    job = claim_job(job_id=job_id, task_id=task_id)
+    if job is None:
+        return "skipped"
+    reporter = JobReporter(job)
+    workdir = Path(settings.VAR_DIR) / "retraining" / f"job-{job.pk}-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    try:
+        version = _train_evaluate_register(job, reporter, workdir)
+    except (TrainingCancelled, JobCancelled):
+        reporter.finish(Status.CANCELLED, "Cancelled; no model version was registered.")
+        return "cancelled"
+    except SoftTimeLimitExceeded:
+        reporter.finish(Status.FAILED, "The job ran past its time limit and was stopped.")
+        return "failed"
+    except Exception as exc:  # noqa: BLE001 - any failure ends the job as failed
+        logger.exception("retraining job %s failed", job.pk)
+        reporter.finish(Status.FAILED, f"{type(exc).__name__}: {exc}")
+        return "failed"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    logger.info(
+        "retraining job %s registered %s in %.0f s",
+        job.pk,
+        version.name,
+        time.monotonic() - started,
+    )
+    return "succeeded"
+
+
+def _train_evaluate_register(
+    job: RetrainingJob, reporter: JobReporter, workdir: Path
+) -> ModelVersion:
+    from diagnoses.predictors import ensure_local_model_dir
+    from mlcore.evaluate import evaluate, summary_line
+    from mlcore.train import TrainConfig, train
+
+    data_root = Path(settings.PNEUMOSITE_DATA_DIR)
+    cache_dir = Path(settings.VAR_DIR) / "cache"
+    workdir.mkdir(parents=True)
+    reporter.phase("exporting reviewed cases")
+    extra_samples, case_ids = export_reviewed_cases(
+        since=job.reviewed_since, folder=workdir / "reviewed", log=reporter.log
+    )
+    reporter.log(f"{len(case_ids)} reviewed case(s) added to the training data")
+
+    config_kwargs = {}
+    if job.mode == Mode.FINE_TUNE:
+        base = job.base_version
+        if base is None:
+            raise RuntimeError("The model version to fine-tune no longer exists.")
+        config_kwargs.update(init_model=ensure_local_model_dir(base), image_size=base.image_size)
+        reporter.log(f"fine-tuning {base.name}")
+    name = f"{'ft' if job.mode == Mode.FINE_TUNE else 'scratch'}-job{job.pk}-" + (
+        timezone.now().strftime("%Y%m%d-%H%M%S")
+    )
+    config = TrainConfig(
+        data=data_root,
+        out=workdir / "model",
+        version=name,
+        epochs=job.epochs,
+        learning_rate=job.options.get("learning_rate", MODE_DEFAULTS[job.mode]["learning_rate"]),
+        seed=job.options.get("seed", 0),
+        limit_per_class=job.options.get("limit_per_class"),
+        cache_dir=cache_dir,
+        extra_samples=extra_samples,
+        **config_kwargs,
+    )
+    reporter.phase("training")
+    train_report = train(
+        config, on_epoch=reporter.on_epoch, should_stop=reporter.should_stop, log=reporter.log
+    )
+    reporter.raise_if_cancelled()
+    reporter.phase("evaluating on the test split")
+    test_report = evaluate(config.out, data_root, "test", out=config.out, cache_dir=cache_dir)
+    reporter.log(f"test: {summary_line(test_report['metrics'])}")
+    reporter.raise_if_cancelled()
+    reporter.phase("registering")
+    return register_retrained_version(
+        job=job,
+        model_dir=config.out,
+        train_report=train_report,
+        test_report=test_report,
+        case_ids=case_ids,
+        reporter=reporter,
+    )
+
+
+def export_reviewed_cases(
+    *, since: date | None, folder: Path, log=logger.info
+) -> tuple[list[tuple[str, int]], list[int]]:
+    """Copy the originals of the trainable reviewed cases to `folder`.
+
+    Returns ([(path, label 0 normal / 1 pneumonia)], [case ids]).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    samples, case_ids = [], []
+    for case in selectors_staff.reviewed_cases_for_training(since).only(
+        "pk", "original", "image_format"
+    ):
+        target = folder / f"case-{case.pk}{EXPORT_EXTENSIONS.get(case.image_format, '')}"
+        try:
+            with case.original.open("rb") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, length=1024 * 1024)
+        except OSError as exc:
+            log(f"case {case.pk} skipped: its original cannot be read ({exc})")
+            continue
+        samples.append((str(target), int(case.current_verdict == Review.Verdict.PNEUMONIA)))
+        case_ids.append(case.pk)
+    return samples, case_ids
+
+
+def register_retrained_version(
+    *,
+    job: RetrainingJob,
+    model_dir: Path,
+    train_report: dict,
+    test_report: dict,
+    case_ids: list[int],
+    reporter: JobReporter,
+) -> ModelVersion:
+    """Store the model and plots, then in ONE transaction create the (inactive) version and
+    mark the job succeeded; stored files are removed again if anything fails."""
+    metadata = json.loads((model_dir / "model.json").read_text())
+    storage = ModelVersion._meta.get_field("model_file").storage
+    version = ModelVersion(
+        name=str(metadata["version"]),
+        threshold=float(metadata["threshold"]),
+        image_size=int(metadata["image_size"]),
+        is_active=False,
+        validation_metrics=train_report["metrics"],
+        test_metrics=test_report["metrics"],
+        metrics={
+            "retraining_job": job.pk,
+            "mode": job.mode,
+            "base_version": job.base_version.name if job.base_version else None,
+            "data": train_report.get("data", {}),
+            "training": train_report.get("training", {}),
+        },
+    )
+    saved: list[str] = []
+    try:
+        prefix = f"models/{version.name}/{uuid.uuid4().hex}"
+        for key, filename in PLOT_FILES.items():
+            path = model_dir / filename
+            if path.is_file():
+                with open(path, "rb") as fh:
+                    version.plots[key] = storage.save(f"{prefix}/{filename}", File(fh))
+                saved.append(version.plots[key])
+        with open(model_dir / "model.keras", "rb") as fh:
+            version.model_file.save("model.keras", File(fh), save=False)
+        saved.append(version.model_file.name)
+        reporter.log(f"registering model version {version.name} (inactive)")
+        reporter.progress["phase"] = Status.SUCCEEDED
+        with transaction.atomic():
+            locked = RetrainingJob.objects.select_for_update().get(pk=job.pk)
+            if locked.cancel_requested or locked.status != Status.RUNNING:
+                raise JobCancelled("cancelled before registration")
+            version.save()
+            version.trained_on_cases.set(Case.objects.filter(pk__in=case_ids))
+            RetrainingJob.objects.filter(pk=job.pk).update(
+                status=Status.SUCCEEDED,
+                result=version,
+                finished_at=timezone.now(),
+                error_message="",
+                **reporter.fields(),
+            )
+    except BaseException:
+        for name in saved:
+            try:
+                storage.delete(name)
+            except Exception:  # noqa: BLE001 - keep the original error
+                logger.warning("could not delete %s from storage", name, exc_info=True)
+        raise
+    return version
+
+
+def validate_epochs(value: int | None) -> None:
+    if value is not None and not 1 <= value <= MAX_EPOCHS:
+        raise ValidationError(f"Between 1 and {MAX_EPOCHS}.")
