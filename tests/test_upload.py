@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
-from fixtures.casekit import NORMAL_SAMPLE, PNEUMONIA_SAMPLE, dicom_bytes, png_bytes, stored_files
+from fixtures.casedata import NORMAL_SAMPLE, PNEUMONIA_SAMPLE, dicom_bytes, png_bytes, stored_files
 from PIL import Image
 
 from diagnoses.models import Case, ModelVersion, Prediction
