@@ -21,8 +21,7 @@ import pytest
 import s3server
 import yaml
 from conftest import REPO_ROOT
-from fixtures import casekit
-from fixtures.casekit import find_model_dir
+from fixtures.casedata import find_model_dir
 from s3server import free_port
 from stackkit import (
     RoleProcess,
@@ -34,10 +33,8 @@ from stackkit import (
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
-# Fixtures from fixtures/casekit.py and s3server.py.
-active_model = casekit.active_model
-model_dir = casekit.model_dir
-var_dir = casekit.var_dir
+# Fixtures: active_model, var_dir (fixtures/casekit.py), s3_server (s3server.py).
+pytest_plugins = ["fixtures.casekit"]
 s3_server = s3server.s3_server
 
 APP_ROLES = {"web": "web", "worker": "worker", "trainer": "trainer", "beat": "beat"}
