@@ -22,14 +22,19 @@ run() {
     --cache-dir "$work/cache" --max-seconds "$budget" "$@" > "$work/$name.log" 2>&1
   echo "$name exit $?"
 }
-run w24-s0 --width 24 --seed 0 --epochs 40 &
-run w24-s1 --width 24 --seed 1 --epochs 40 &
-run w24-s2 --width 24 --seed 2 --epochs 40 &
-run w32-s0 --width 32 --seed 0 --epochs 40 &
-run w24-s0-e70 --width 24 --seed 0 --epochs 70 --learning-rate 1e-3 &
+# Each argument is "name flags...", e.g. "w32-s1 --width 32 --seed 1 --epochs 9".
+if [ $# -eq 0 ]; then
+  set -- "w24-s0 --width 24 --seed 0 --epochs 40" "w24-s1 --width 24 --seed 1 --epochs 40" \
+    "w24-s2 --width 24 --seed 2 --epochs 40" "w32-s0 --width 32 --seed 0 --epochs 40" \
+    "w24-s0-e70 --width 24 --seed 0 --epochs 70 --learning-rate 1e-3"
+fi
+for spec in "$@"; do
+  # shellcheck disable=SC2086
+  run $spec &
+done
 wait
 for dir in "$work"/models/*/; do
   name=$(basename "$dir"); tar -cf "$out/$name.tar" -C "$work/models" "$name"
 done
-tail -n 4 "$work"/*.log > "$out/logs.txt"; grep -h -E "validation:|Epoch 1/|^[0-9]+/[0-9]+ - " "$work"/w24-s0.log | head -6 >> "$out/logs.txt"
+tail -n 4 "$work"/*.log > "$out/logs.txt"; grep -h -E "validation:|^[0-9]+/[0-9]+ - " "$work"/*.log >> "$out/logs.txt"
 cat "$out/logs.txt"
