@@ -36,6 +36,12 @@ def _is_staff_with(request, perm: str) -> bool:
     return bool(user.is_active and user.is_staff and user.has_perm(perm))
 
 
+def _can_see_cases(request) -> bool:
+    return _is_staff_with(request, "diagnoses.view_case") or _is_staff_with(
+        request, "diagnoses.change_case"
+    )
+
+
 def _percent(value) -> str:
     return "" if value is None else f"{value * 100:.1f}%"
 
@@ -125,6 +131,9 @@ class PredictionInline(admin.TabularInline):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("model_version")
 
+    def has_view_permission(self, request, obj=None):
+        return _can_see_cases(request)  # whoever sees the case sees its predictions
+
     def has_add_permission(self, request, obj=None):
         return False
 
@@ -150,6 +159,9 @@ class ReviewInline(admin.TabularInline):
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("reviewer")
+
+    def has_view_permission(self, request, obj=None):
+        return _can_see_cases(request)
 
     def has_add_permission(self, request, obj=None):
         return obj is not None and _is_staff_with(request, REVIEW_PERMISSION)
@@ -242,14 +254,18 @@ class CaseAdmin(admin.ModelAdmin):
             return super().save_formset(request, form, formset, change)
         if not self.has_review_permission(request):
             raise PermissionDenied
-        for review_form in formset.extra_forms:
-            if review_form.has_changed() and review_form.cleaned_data.get("verdict"):
-                reviews.record_review(
-                    case=form.instance,
-                    reviewer=request.user,
-                    verdict=review_form.cleaned_data["verdict"],
-                    comment=review_form.cleaned_data.get("comment", ""),
-                )
+        # Only the new rows: earlier reviews are read-only and never saved again.
+        formset.new_objects = [
+            reviews.record_review(
+                case=form.instance,
+                reviewer=request.user,
+                verdict=review_form.cleaned_data["verdict"],
+                comment=review_form.cleaned_data.get("comment", ""),
+            )
+            for review_form in formset.extra_forms
+            if review_form.has_changed() and review_form.cleaned_data.get("verdict")
+        ]
+        formset.changed_objects, formset.deleted_objects = [], []
 
     # Columns -----------------------------------------------------------------------------
     @admin.display(description="Image")
