@@ -82,7 +82,7 @@ def request_retraining(
     require_staff(user)
     if mode not in Mode.values:
         raise RetrainingRefused(f"Unknown mode {mode!r}.")
-    epochs = int(epochs or MODE_DEFAULTS[mode]["epochs"])
+    epochs = int(MODE_DEFAULTS[mode]["epochs"] if epochs is None else epochs)
     if not 1 <= epochs <= MAX_EPOCHS:
         raise RetrainingRefused(f"Epochs must be between 1 and {MAX_EPOCHS}.")
     options = _clean_options(options or {})
