@@ -5,22 +5,16 @@ use moto's server mode (`moto[server]`, in requirements-dev.txt): an S3 API over
 127.0.0.1, started in a thread of the test process for the session. Moto refuses
 anonymous reads of private objects but does not verify signatures or expiry.
 
-Import the fixtures by name into a test module: `from s3server import s3_bucket, s3_server`.
+Test modules load the fixtures with `pytest_plugins = ["s3server"]` (one server per run).
 """
 
 from __future__ import annotations
 
-import socket
 import uuid
 from dataclasses import dataclass
 
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from stackkit import free_port
 
 
 @dataclass

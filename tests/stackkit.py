@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,12 @@ ENTRYPOINT = REPO_ROOT / "scripts" / "entrypoint.sh"
 # Variables that change settings; dropped so that the processes see only what we set.
 _CONFIG_PREFIXES = ("DJANGO_", "PNEUMOSITE_", "CELERY_", "AWS_", "GUNICORN_")
 _CONFIG_NAMES = {"DATABASE_URL", "REDIS_URL", "WEB_CONCURRENCY", "PORT"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def production_env(var_dir: Path, **overrides: str) -> dict[str, str]:

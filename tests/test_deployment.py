@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
-import s3server
 import yaml
 from conftest import REPO_ROOT
 from fixtures.casedata import find_model_dir
-from s3server import free_port
 from stackkit import (
     RoleProcess,
     copy_model_dir,
+    free_port,
     http_request,
     production_env,
     wait_http,
@@ -34,8 +33,7 @@ from stackkit import (
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 # Fixtures: active_model, var_dir (fixtures/casekit.py), s3_server (s3server.py).
-pytest_plugins = ["fixtures.casekit"]
-s3_server = s3server.s3_server
+pytest_plugins = ["fixtures.casekit", "s3server"]
 
 APP_ROLES = {"web": "web", "worker": "worker", "trainer": "trainer", "beat": "beat"}
 

@@ -21,21 +21,20 @@ from http.cookies import SimpleCookie
 from urllib.parse import urlsplit
 
 import pytest
-import s3server
 from conftest import current_database_url
 from fixtures.casedata import NORMAL_SAMPLE, find_model_dir
-from s3server import free_port
 from stackkit import (
     ENTRYPOINT,
     RoleProcess,
     copy_model_dir,
+    free_port,
     http_request,
     production_env,
     wait_http,
 )
 
-s3_server = s3server.s3_server
-s3_bucket = s3server.s3_bucket
+# Fixtures s3_server, s3_bucket: a moto S3 server on loopback (tests/s3server.py).
+pytest_plugins = ["s3server"]
 
 pytestmark = [pytest.mark.services, pytest.mark.worker, pytest.mark.slow]
 

@@ -7,13 +7,11 @@ import urllib.request
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import s3server
 from django.core.files.base import ContentFile
 from test_foundation import clean_env, dump_settings
 
-# Fixtures: a moto S3 server on loopback and a bucket on it (see tests/s3server.py).
-s3_server = s3server.s3_server
-s3_bucket = s3server.s3_bucket
+# Fixtures s3_server, s3_bucket: a moto S3 server on loopback (tests/s3server.py).
+pytest_plugins = ["s3server"]
 
 
 def http_get(url: str) -> tuple[int, bytes]:
