@@ -7,7 +7,7 @@ import os
 import random
 import re
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,8 +124,10 @@ def load_arrays(
     jobs = [(str(s.path), image_size) for s in samples]
     workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
     if workers > 1 and len(jobs) > 64:
-        with ProcessPoolExecutor(workers) as pool:
-            arrays = list(pool.map(_load_one, jobs, chunksize=32))
+        # Threads, not processes: Pillow decodes with the GIL released, and a Celery
+        # prefork child (a daemon process) may not start processes of its own.
+        with ThreadPoolExecutor(workers) as pool:
+            arrays = list(pool.map(_load_one, jobs))
     else:
         arrays = [_load_one(job) for job in jobs]
     images = np.stack(arrays) if arrays else np.zeros((0, image_size, image_size, 1), np.uint8)

@@ -82,7 +82,7 @@ def test_short_training_run_lowers_the_loss_and_writes_every_artefact(dataset_ro
     epochs_seen = []
     config = TrainConfig(
         data=dataset_root, out=tmp_path / "m", epochs=3, batch_size=16, limit_per_class=24,
-        width=8, learning_rate=3e-3,
+        width=16, learning_rate=3e-3,
     )
     report = train(config, on_epoch=lambda i, n, logs: epochs_seen.append(i), log=lambda _: None)
     history = json.loads((config.out / "history.json").read_text())
@@ -101,7 +101,7 @@ def test_cancelled_training_writes_no_model(dataset_root, tmp_path):
     from mlcore.train import TrainingCancelled
 
     config = TrainConfig(data=dataset_root, out=tmp_path / "m", epochs=2, batch_size=16,
-                         limit_per_class=16, width=8)
+                         limit_per_class=16, width=16)
     with pytest.raises(TrainingCancelled):
         train(config, should_stop=lambda: True, log=lambda _: None)
     assert not (config.out / "model.keras").exists()
