@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import shutil
 import time
 import uuid
 from collections import deque
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -302,27 +304,52 @@ def run_job(*, job_id: int, task_id: str) -> str:
     reporter = JobReporter(job)
     workdir = Path(settings.VAR_DIR) / "retraining" / f"job-{job.pk}-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
+    # The temporary folder is removed BEFORE the job's final status is written, so that
+    # an ended job never leaves files behind.
     try:
-        version = _train_evaluate_register(job, reporter, workdir)
+        with _child_processes_allowed():
+            version = _train_evaluate_register(job, reporter, workdir)
     except (TrainingCancelled, JobCancelled):
-        reporter.finish(Status.CANCELLED, "Cancelled; no model version was registered.")
-        return "cancelled"
+        status, message = Status.CANCELLED, "Cancelled; no model version was registered."
     except SoftTimeLimitExceeded:
-        reporter.finish(Status.FAILED, "The job ran past its time limit and was stopped.")
-        return "failed"
+        status, message = Status.FAILED, "The job ran past its time limit and was stopped."
     except Exception as exc:  # noqa: BLE001 - any failure ends the job as failed
         logger.exception("retraining job %s failed", job.pk)
-        reporter.finish(Status.FAILED, f"{type(exc).__name__}: {exc}")
-        return "failed"
+        status, message = Status.FAILED, f"{type(exc).__name__}: {exc}"
+    else:
+        logger.info(
+            "retraining job %s registered %s in %.0f s",
+            job.pk,
+            version.name,
+            time.monotonic() - started,
+        )
+        return Status.SUCCEEDED.value
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    logger.info(
-        "retraining job %s registered %s in %.0f s",
-        job.pk,
-        version.name,
-        time.monotonic() - started,
-    )
-    return "succeeded"
+    reporter.finish(status, message)
+    return status.value
+
+
+@contextmanager
+def _child_processes_allowed():
+    """Let mlcore decode images with a process pool inside a Celery prefork child.
+
+    Pool children are daemonic and multiprocessing refuses to start processes from a
+    daemonic process ("daemonic processes are not allowed to have children"), while
+    mlcore.data.load_arrays uses a ProcessPoolExecutor for more than 64 images. The decode
+    workers end with the job (the executor is closed) or when their parent dies (EOF on
+    their queue). TODO(lead): a `workers` option in mlcore would make this unnecessary.
+    """
+    process = multiprocessing.current_process()
+    daemon = process._config.get("daemon")
+    process._config["daemon"] = False
+    try:
+        yield
+    finally:
+        if daemon is None:
+            process._config.pop("daemon", None)
+        else:
+            process._config["daemon"] = daemon
 
 
 def _train_evaluate_register(
@@ -380,6 +407,7 @@ def _train_evaluate_register(
         test_report=test_report,
         case_ids=case_ids,
         reporter=reporter,
+        workdir=workdir,
     )
 
 
@@ -415,6 +443,7 @@ def register_retrained_version(
     test_report: dict,
     case_ids: list[int],
     reporter: JobReporter,
+    workdir: Path,
 ) -> ModelVersion:
     """Store the model and plots, then in ONE transaction create the (inactive) version and
     mark the job succeeded; stored files are removed again if anything fails."""
@@ -449,6 +478,7 @@ def register_retrained_version(
         saved.append(version.model_file.name)
         reporter.log(f"registering model version {version.name} (inactive)")
         reporter.progress["phase"] = Status.SUCCEEDED
+        shutil.rmtree(workdir, ignore_errors=True)  # everything needed is in storage now
         with transaction.atomic():
             locked = RetrainingJob.objects.select_for_update().get(pk=job.pk)
             if locked.cancel_requested or locked.status != Status.RUNNING:

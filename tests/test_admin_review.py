@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
-from fixtures.staffkit import (
+from fixtures.staffdata import (
     PNEUMONIA_SAMPLES,
     finish_prediction,
     make_case,

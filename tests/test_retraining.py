@@ -15,7 +15,7 @@ import pytest
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from fixtures.staffkit import PNEUMONIA_SAMPLES, make_case
+from fixtures.staffdata import PNEUMONIA_SAMPLES, make_case
 
 from diagnoses import retraining, reviews
 from diagnoses.models import ModelVersion, RetrainingJob
@@ -370,7 +370,7 @@ def test_job_page_status_json_and_cancel(client, reviewer, fake_version):
 
 
 def test_staff_without_permission_cannot_start_or_cancel(client, django_user_model, fake_version):
-    from fixtures.staffkit import make_user
+    from fixtures.staffdata import make_user
 
     viewer = make_user(django_user_model, staff=True, perms=("view_retrainingjob",))
     client.force_login(viewer)

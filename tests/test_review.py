@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
-from fixtures.staffkit import PNEUMONIA_SAMPLES, finish_prediction, make_case, make_version
+from fixtures.staffdata import PNEUMONIA_SAMPLES, finish_prediction, make_case, make_version
 
 from diagnoses import reviews, selectors_staff
 from diagnoses.models import Prediction, Review
