@@ -1,0 +1,49 @@
+"""How a model scores healthy children on the validation carve and on the official val/.
+
+    python training/score_distribution.py --model models/NAME [--data DIR]
+
+A gap between the two shows the shift between train/ and the official val/ and test/
+splits without looking at test/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mlcore import data as datasets  # noqa: E402
+from mlcore.inference import Predictor  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/chest_xray")
+    args = parser.parse_args()
+    predictor = Predictor.load(args.model)
+    config = json.loads((args.model / "train_metrics.json").read_text())["config"]
+    _, carve = datasets.carve_validation(
+        datasets.list_split(args.data, "train"), config["val_fraction"], config["split_seed"]
+    )
+    for name, samples in (
+        ("validation carve", carve),
+        ("official val/", datasets.list_split(args.data, "val")),
+    ):
+        pixels, labels = datasets.load_arrays(samples, predictor.image_size)
+        scores = predictor.probabilities(pixels)
+        normal = scores[labels == 0]
+        print(
+            f"{name}: {len(normal)} normal images, P(pneumonia) min {normal.min():.2f} "
+            f"median {np.median(normal):.2f} max {normal.max():.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
