@@ -175,11 +175,3 @@ def encode_png(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=False)
     return out.getvalue()
-
-
-def display_sized_png(png: bytes) -> bytes:
-    """Shrink a PNG made at the original's size (the Grad-CAM overlay) like display_png."""
-    with Image.open(io.BytesIO(png)) as image:
-        if max(image.size) <= DISPLAY_MAX_SIDE:
-            return png
-        return encode_png(_fit(image.convert("RGB"), DISPLAY_MAX_SIDE))

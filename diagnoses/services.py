@@ -293,7 +293,7 @@ def compute_reading(prediction: Prediction) -> ComputedReading:
 
     Raises mlcore.imageio.ImageDecodeError when the stored file cannot be decoded.
     """
-    from diagnoses.imaging import display_sized_png
+    from diagnoses.imaging import DISPLAY_MAX_SIDE
     from diagnoses.predictors import get_predictor
     from mlcore.imageio import decode_image
 
@@ -301,8 +301,7 @@ def compute_reading(prediction: Prediction) -> ComputedReading:
     with prediction.case.original.open("rb") as fh:
         data = fh.read()
     image = decode_image(data, max_pixels=settings.PNEUMOSITE_MAX_PIXELS)
-    reading = predictor.predict(image)
-    heatmap = display_sized_png(predictor.explain(image))
+    reading, heatmap = predictor.predict_with_heatmap(image, max_side=DISPLAY_MAX_SIDE)
     return ComputedReading(
         probability=float(reading.probability),
         label=str(reading.label),

@@ -94,11 +94,29 @@ class Predictor:
         per_image_ms = (time.perf_counter() - started) * 1000 / max(len(images), 1)
         return [self._reading(float(p), per_image_ms) for p in probabilities]
 
-    def explain(self, image: bytes | Image.Image) -> bytes:
-        """Grad-CAM overlay PNG at the image's own size (see mlcore.explain)."""
+    def explain(self, image: bytes | Image.Image, max_side: int | None = None) -> bytes:
+        """Grad-CAM overlay PNG at the image's own size, or shrunk to fit `max_side`."""
+        return self.predict_with_heatmap(image, max_side)[1]
+
+    def predict_with_heatmap(
+        self, image: bytes | Image.Image, max_side: int | None = None
+    ) -> tuple[Reading, bytes]:
+        """The reading and its Grad-CAM overlay PNG from one decode and one preprocessing.
+
+        The overlay is drawn at the image's size, or shrunk to fit `max_side` pixels,
+        which is much cheaper to encode for a full-size film.
+        """
         from mlcore.explain import GradCam, overlay_png
 
+        started = time.perf_counter()
+        image = self._as_image(image)
+        pixels = preprocess_image(image, self.image_size)
+        probability = float(self.probabilities(pixels[np.newaxis])[0])
+        reading = self._reading(probability, (time.perf_counter() - started) * 1000)
         if self._gradcam is None:
             self._gradcam = GradCam(self.model)
-        image = self._as_image(image)
-        return overlay_png(image, self._gradcam(preprocess_image(image, self.image_size)))
+        base = image
+        if max_side is not None and max(image.size) > max_side:
+            base = image.copy()
+            base.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        return reading, overlay_png(base, self._gradcam(pixels))
