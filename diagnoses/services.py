@@ -279,6 +279,11 @@ def claim_prediction(*, prediction_id: int, task_id: str) -> Prediction | None:
     return Prediction.objects.select_related("case", "model_version").get(pk=prediction_id)
 
 
+# The overlay is shown scaled to the display image's box; encoding it at full film size
+# would cost more time (PNG of a noisy RGB image) than the whole model run.
+HEATMAP_MAX_SIDE = 1024
+
+
 @dataclass(frozen=True)
 class ComputedReading:
     probability: float
@@ -293,7 +298,6 @@ def compute_reading(prediction: Prediction) -> ComputedReading:
 
     Raises mlcore.imageio.ImageDecodeError when the stored file cannot be decoded.
     """
-    from diagnoses.imaging import DISPLAY_MAX_SIDE
     from diagnoses.predictors import get_predictor
     from mlcore.imageio import decode_image
 
@@ -301,7 +305,7 @@ def compute_reading(prediction: Prediction) -> ComputedReading:
     with prediction.case.original.open("rb") as fh:
         data = fh.read()
     image = decode_image(data, max_pixels=settings.PNEUMOSITE_MAX_PIXELS)
-    reading, heatmap = predictor.predict_with_heatmap(image, max_side=DISPLAY_MAX_SIDE)
+    reading, heatmap = predictor.predict_with_heatmap(image, max_side=HEATMAP_MAX_SIDE)
     return ComputedReading(
         probability=float(reading.probability),
         label=str(reading.label),
