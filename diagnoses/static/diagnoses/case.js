@@ -1,9 +1,13 @@
-// Case page: heatmap opacity slider, and polling while a prediction is pending.
+// Case page: heatmap show/hide toggle and opacity slider, and polling while a prediction is pending.
 (function () {
   const slider = document.getElementById("heatmap-opacity");
   const heatmap = document.getElementById("heatmap");
   if (slider && heatmap) {
     slider.addEventListener("input", () => { heatmap.style.opacity = slider.value / 100; });
+  }
+  const toggle = document.getElementById("heatmap-toggle");
+  if (toggle && heatmap) {
+    toggle.addEventListener("change", () => { heatmap.hidden = !toggle.checked; });
   }
   const panel = document.getElementById("reading-panel");
   if (!panel || panel.dataset.pending !== "1") return;
