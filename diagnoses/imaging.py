@@ -116,7 +116,16 @@ def validate_bytes(data: bytes) -> ValidatedImage:
     except ImageDecodeError as exc:
         raise UploadRejected(str(exc)) from exc
     image_format = sniff_format(data)
-    stored = deidentify_dicom(data) if image_format == "DICOM" else data
+    stored = data
+    if image_format == "DICOM":
+        try:
+            stored = deidentify_dicom(data)
+        except Exception as exc:  # pydicom raises many types for a malformed header element
+            # decode_image reads only the pixel attributes; a header that cannot be
+            # de-identified must not be stored (it may carry patient data).
+            raise UploadRejected(
+                "The DICOM header is damaged and cannot be de-identified."
+            ) from exc
     return ValidatedImage(
         stored_bytes=stored,
         image_format=image_format,
