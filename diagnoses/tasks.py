@@ -55,7 +55,15 @@ def ping(path: str | None = None, text: str = "pong") -> str:
     return text
 
 
-@shared_task(bind=True, name="diagnoses.tasks.run_prediction", max_retries=PREDICTION_MAX_RETRIES)
+# Results live in the database, never in Celery's result backend: ignore_result=True also
+# keeps .delay() from first subscribing to the (Redis) result backend, which with Redis
+# down blocked an upload for ~20 s of reconnect retries before the send failed.
+@shared_task(
+    bind=True,
+    name="diagnoses.tasks.run_prediction",
+    max_retries=PREDICTION_MAX_RETRIES,
+    ignore_result=True,
+)
 def run_prediction(self, prediction_id: int) -> str:
     """Compute one prediction. Idempotent: a finished prediction is never recomputed."""
     task_id = self.request.id or f"direct-{uuid.uuid4().hex}"
@@ -108,12 +116,12 @@ def _fail_quietly(prediction_id: int, message: str) -> None:
         logger.exception("prediction %s: could not record the failure", prediction_id)
 
 
-@shared_task(name="diagnoses.tasks.requeue_stale_predictions")
+@shared_task(name="diagnoses.tasks.requeue_stale_predictions", ignore_result=True)
 def requeue_stale_predictions(older_than_seconds: int = REQUEUE_STALE_AFTER_SECONDS) -> list[int]:
     return services.requeue_stale_predictions(older_than=timedelta(seconds=older_than_seconds))
 
 
-@shared_task(bind=True, name="diagnoses.tasks.run_retraining")
+@shared_task(bind=True, name="diagnoses.tasks.run_retraining", ignore_result=True)
 def run_retraining(self, job_id: int) -> str:
     """Run one retraining job (diagnoses/retraining.py) on the "training" queue."""
     from diagnoses import retraining
