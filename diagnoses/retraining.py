@@ -25,6 +25,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from diagnoses import selectors_staff, services
@@ -45,6 +46,7 @@ MAX_EPOCHS = 200
 OPTION_TYPES = {"learning_rate": float, "limit_per_class": int, "seed": int}
 CANCEL_POLL_SECONDS = 2.0  # should_stop asks the database at most this often
 PROGRESS_SAVE_SECONDS = 2.0  # log lines are written at most this often (epochs always)
+HEARTBEAT_SECONDS = 10.0  # heartbeat_at is written at most this often while a job runs
 LOG_TAIL_LINES = 200
 # Files written by mlcore.train / mlcore.evaluate that are kept in storage.
 PLOT_FILES = {
@@ -167,19 +169,35 @@ def request_cancel(*, job: RetrainingJob, user) -> RetrainingJob:
 
 
 def fail_stale_jobs() -> list[int]:
-    """Running jobs older than the task's hard time limit lost their worker: mark them failed."""
-    dead_before = timezone.now() - timedelta(seconds=settings.PNEUMOSITE_TRAINING_TIME_LIMIT + 60)
+    """Mark failed the running jobs that lost their worker (killed, crashed, machine gone).
+
+    A running job writes heartbeat_at every few seconds (JobReporter); one silent for
+    PNEUMOSITE_TRAINING_HEARTBEAT_TIMEOUT seconds, or running past the task's hard time
+    limit, has no worker any more. Nothing was registered (registration is the job's last
+    transaction). Called by the "fail-stale-retraining-jobs" periodic task and before a
+    new request.
+    """
+    now = timezone.now()
+    silent_before = now - timedelta(seconds=settings.PNEUMOSITE_TRAINING_HEARTBEAT_TIMEOUT)
+    dead_before = now - timedelta(seconds=settings.PNEUMOSITE_TRAINING_TIME_LIMIT + 60)
+    stale_q = (
+        Q(heartbeat_at__lt=silent_before)
+        | Q(heartbeat_at__isnull=True, started_at__lt=silent_before)
+        | Q(started_at__lt=dead_before)
+    )
     stale = list(
-        RetrainingJob.objects.filter(status=Status.RUNNING, started_at__lt=dead_before).values_list(
-            "pk", flat=True
-        )
+        RetrainingJob.objects.filter(stale_q, status=Status.RUNNING).values_list("pk", flat=True)
     )
     if stale:
-        RetrainingJob.objects.filter(pk__in=stale, status=Status.RUNNING).update(
+        RetrainingJob.objects.filter(stale_q, pk__in=stale, status=Status.RUNNING).update(
             status=Status.FAILED,
-            error_message="The worker running this job stopped responding.",
-            finished_at=timezone.now(),
+            error_message=(
+                "The worker running this job stopped (no heartbeat; killed or crashed). "
+                "No model version was registered."
+            ),
+            finished_at=now,
         )
+        logger.warning("retraining jobs %s lost their worker: marked failed", stale)
     return stale
 
 
@@ -202,11 +220,11 @@ def claim_job(*, job_id: int, task_id: str) -> RetrainingJob | None:
     now = timezone.now()
     claimed = RetrainingJob.objects.filter(
         pk=job_id, status=Status.QUEUED, cancel_requested=False
-    ).update(status=Status.RUNNING, started_at=now, celery_task_id=task_id)
+    ).update(status=Status.RUNNING, started_at=now, heartbeat_at=now, celery_task_id=task_id)
     if not claimed:
         claimed = RetrainingJob.objects.filter(
             pk=job_id, status=Status.RUNNING, celery_task_id=task_id
-        ).update(started_at=now)
+        ).update(started_at=now, heartbeat_at=now)
     if not claimed:
         return None
     return RetrainingJob.objects.select_related("base_version").get(pk=job_id)
@@ -227,6 +245,7 @@ class JobReporter:
         }
         self._last_poll = 0.0
         self._last_save = 0.0
+        self._last_heartbeat = time.monotonic()  # claim_job wrote the first one
         self._cancel_seen = False
 
     # mlcore callbacks -----------------------------------------------------------------
@@ -254,10 +273,21 @@ class JobReporter:
         if now - self._last_poll < CANCEL_POLL_SECONDS:
             return False
         self._last_poll = now
+        self.heartbeat()
         self._cancel_seen = RetrainingJob.objects.filter(
             pk=self.job_id, cancel_requested=True
         ).exists()
         return self._cancel_seen
+
+    def heartbeat(self) -> None:
+        """Tell fail_stale_jobs that this job's worker is alive (at most every 10 s)."""
+        now = time.monotonic()
+        if now - self._last_heartbeat < HEARTBEAT_SECONDS:
+            return
+        self._last_heartbeat = now
+        RetrainingJob.objects.filter(pk=self.job_id, status=Status.RUNNING).update(
+            heartbeat_at=timezone.now()
+        )
 
     # job side ---------------------------------------------------------------------------
     def phase(self, name: str) -> None:
@@ -278,6 +308,7 @@ class JobReporter:
         if not force and now - self._last_save < PROGRESS_SAVE_SECONDS:
             return
         self._last_save = now
+        self.heartbeat()
         RetrainingJob.objects.filter(pk=self.job_id).update(**self.fields())
 
     def finish(self, status: str, message: str = "") -> None:

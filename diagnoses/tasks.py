@@ -121,6 +121,14 @@ def requeue_stale_predictions(older_than_seconds: int = REQUEUE_STALE_AFTER_SECO
     return services.requeue_stale_predictions(older_than=timedelta(seconds=older_than_seconds))
 
 
+@shared_task(name="diagnoses.tasks.fail_stale_retraining_jobs", ignore_result=True)
+def fail_stale_retraining_jobs() -> list[int]:
+    """Periodic: running retraining jobs whose worker died (no heartbeat) end failed."""
+    from diagnoses import retraining
+
+    return retraining.fail_stale_jobs()
+
+
 @shared_task(bind=True, name="diagnoses.tasks.run_retraining", ignore_result=True)
 def run_retraining(self, job_id: int) -> str:
     """Run one retraining job (diagnoses/retraining.py) on the "training" queue."""

@@ -276,6 +276,9 @@ CELERY_TASK_SOFT_TIME_LIMIT = env_int("PNEUMOSITE_TASK_SOFT_TIME_LIMIT", 300)
 CELERY_TASK_TIME_LIMIT = env_int("PNEUMOSITE_TASK_TIME_LIMIT", 360)
 PNEUMOSITE_TRAINING_SOFT_TIME_LIMIT = env_int("PNEUMOSITE_TRAINING_SOFT_TIME_LIMIT", 3 * 3600)
 PNEUMOSITE_TRAINING_TIME_LIMIT = env_int("PNEUMOSITE_TRAINING_TIME_LIMIT", 3 * 3600 + 600)
+# A running retraining job whose worker has not written a heartbeat for this long is
+# marked failed by the "fail-stale-retraining-jobs" periodic task (its worker died).
+PNEUMOSITE_TRAINING_HEARTBEAT_TIMEOUT = env_int("PNEUMOSITE_TRAINING_HEARTBEAT_TIMEOUT", 900)
 
 if CELERY_BROKER_URL:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -345,6 +348,11 @@ CELERY_BEAT_SCHEDULE: dict = {
     # Re-sends predictions whose message was never sent (broker down) or was lost.
     "requeue-stale-predictions": {
         "task": "diagnoses.tasks.requeue_stale_predictions",
+        "schedule": 60.0,
+    },
+    # Marks running retraining jobs whose worker stopped sending heartbeats as failed.
+    "fail-stale-retraining-jobs": {
+        "task": "diagnoses.tasks.fail_stale_retraining_jobs",
         "schedule": 60.0,
     },
 }
