@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import shutil
 import time
 import uuid
 from collections import deque
-from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -338,8 +336,7 @@ def run_job(*, job_id: int, task_id: str) -> str:
     # The temporary folder is removed BEFORE the job's final status is written, so that
     # an ended job never leaves files behind.
     try:
-        with _child_processes_allowed():
-            version = _train_evaluate_register(job, reporter, workdir)
+        version = _train_evaluate_register(job, reporter, workdir)
     except (TrainingCancelled, JobCancelled):
         status, message = Status.CANCELLED, "Cancelled; no model version was registered."
     except SoftTimeLimitExceeded:
@@ -359,28 +356,6 @@ def run_job(*, job_id: int, task_id: str) -> str:
         shutil.rmtree(workdir, ignore_errors=True)
     reporter.finish(status, message)
     return status.value
-
-
-@contextmanager
-def _child_processes_allowed():
-    """Let mlcore decode images with a process pool inside a Celery prefork child.
-
-    Pool children are daemonic and multiprocessing refuses to start processes from a
-    daemonic process ("daemonic processes are not allowed to have children"), while
-    mlcore.data.load_arrays uses a ProcessPoolExecutor for more than 64 images. The decode
-    workers end with the job (the executor is closed) or when their parent dies (EOF on
-    their queue). TODO(lead): a `workers` option in mlcore would make this unnecessary.
-    """
-    process = multiprocessing.current_process()
-    daemon = process._config.get("daemon")
-    process._config["daemon"] = False
-    try:
-        yield
-    finally:
-        if daemon is None:
-            process._config.pop("daemon", None)
-        else:
-            process._config["daemon"] = daemon
 
 
 def _train_evaluate_register(
