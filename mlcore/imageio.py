@@ -112,12 +112,11 @@ def array_to_grayscale(pixels: np.ndarray) -> Image.Image:
 
 def _decode_dicom(data: bytes, max_pixels: int) -> Image.Image:
     import pydicom
-    from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # a corrupt header raises many types (unknown VR, bad length...)
         raise ImageDecodeError("The DICOM file is damaged and cannot be read.") from exc
     if "PixelData" not in dataset:
         raise ImageDecodeError("The DICOM file holds no image (it has no pixel data).")

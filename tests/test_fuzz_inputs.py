@@ -20,7 +20,6 @@ import os
 import random
 import re
 import struct
-import traceback
 import zlib
 from pathlib import Path
 
@@ -33,7 +32,6 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from PIL import Image
-from pydicom.errors import BytesLengthException
 
 from diagnoses.imaging import UploadRejected, validate_bytes
 from mlcore.imageio import ImageDecodeError, decode_image, sniff_format
@@ -226,40 +224,13 @@ def mutated(draw) -> tuple[str, bytes]:
 # --------------------------------------------------------------------------------------
 # The property
 # --------------------------------------------------------------------------------------
-# Known issue in mlcore/imageio.py (owned by the ML lead; reported, not fixed here):
-# _decode_dicom catches InvalidDicomError/OSError/ValueError/KeyError/TypeError around
-# pydicom.dcmread, but a corrupted file-meta element (an unknown VR such as "UL" -> "TL",
-# or a length that is not a multiple of the value size) makes dcmread raise
-# NotImplementedError or pydicom's BytesLengthException (an Exception, not a ValueError).
-# They escape decode_image and validate_bytes: the upload page answers 500. Fix: add both
-# to that except clause; test_known_issue_corrupt_dicom_file_meta then fails: remove it
-# and this allowance.
-KNOWN_DCMREAD_ESCAPES = (NotImplementedError, BytesLengthException)
-KNOWN_ISSUE = "known-issue"
-
-
-def _raised_in_dcmread(exc: BaseException) -> bool:
-    frames = traceback.extract_tb(exc.__traceback__)
-    return any(f.name == "dcmread" for f in frames) and any(
-        f.name == "_decode_dicom" for f in frames
-    )
-
-
 def check_input(data: bytes, max_pixels: int) -> Image.Image | str | None:
-    """The decoded image when accepted, None when rejected, KNOWN_ISSUE for the known mlcore
-    issue below; anything else fails the test."""
+    """The decoded image when accepted, None when rejected; anything else fails the test."""
     try:
         decode_image(data, max_pixels=max_pixels)
     except ImageDecodeError as exc:
         decode_error = exc
         assert str(exc).strip(), "ImageDecodeError without a message"
-    except KNOWN_DCMREAD_ESCAPES as exc:
-        # The known mlcore issue (see test_known_issue_corrupt_dicom_file_meta): only for
-        # DICOM, only from pydicom.dcmread; the upload validator then fails the same way.
-        assert sniff_format(data) == "DICOM" and _raised_in_dcmread(exc), exc
-        with pytest.raises(type(exc)):
-            validate_bytes(data)
-        return KNOWN_ISSUE
     else:
         decode_error = None
     try:
@@ -297,7 +268,6 @@ def test_mutated_inputs_are_accepted_or_rejected_cleanly(settings, reference_pre
     assert max_pixels <= 50_000_000
     outcomes: dict[str, list[int]] = {}  # kind/operation -> [accepted, rejected]
     accepted_images: list[Image.Image] = []
-    known_issue: list[str] = []  # inputs that hit the known mlcore issue (DICOM file meta)
 
     # Reset the peak-RSS mark (Linux: "5" to clear_refs) so the peak below is this run's.
     Path("/proc/self/clear_refs").write_text("5")
@@ -313,16 +283,13 @@ def test_mutated_inputs_are_accepted_or_rejected_cleanly(settings, reference_pre
     def run(case):
         label, data = case
         image = check_input(data, max_pixels)
-        if image == KNOWN_ISSUE:
-            known_issue.append(label)
-            return
         outcomes.setdefault(label, [0, 0])[image is None] += 1
         if image is not None and len(accepted_images) < PREDICT_AT_MOST:
             accepted_images.append(image)
 
     run()
     peak_growth = _proc_status_kb("VmHWM") - rss_before
-    print(f"fuzz: {outcomes}; known issue: {len(known_issue)}; peak RSS +{peak_growth} kB")
+    print(f"fuzz: {outcomes}; peak RSS +{peak_growth} kB")
 
     budget_kb = 4 * max_pixels // 1024 + MEMORY_HEADROOM_KB
     assert peak_growth < budget_kb, f"peak RSS grew by {peak_growth} kB (budget {budget_kb} kB)"
@@ -373,18 +340,10 @@ def test_header_edits_are_rejected_with_the_reason(settings, data, message):
     [dicom_group_length(SEEDS["dicom"], vr=b"TL"), dicom_group_length(SEEDS["dicom"], length=2)],
     ids=["unknown-vr", "odd-length"],
 )
-def test_known_issue_corrupt_dicom_file_meta(data):
-    """Found by the fuzz test; pins the known mlcore issue (KNOWN_DCMREAD_ESCAPES) down.
-
-    These should be clean rejections (ImageDecodeError / UploadRejected); today pydicom's
-    error escapes and the upload page answers 500. Written as a pinned failure rather than
-    an xfail because CI counts xfails as skips. Once mlcore is fixed this test fails:
-    delete it and KNOWN_DCMREAD_ESCAPES.
-    """
-    with pytest.raises(KNOWN_DCMREAD_ESCAPES) as escaped:
-        decode_image(data)
-    assert _raised_in_dcmread(escaped.value)
-    with pytest.raises(KNOWN_DCMREAD_ESCAPES):
+def test_corrupt_dicom_file_meta_is_rejected(data):
+    """Found by the fuzz test: pydicom raised NotImplementedError / BytesLengthException."""
+    assert check_input(data, 50_000_000) is None
+    with pytest.raises(UploadRejected, match="DICOM file is damaged"):
         validate_bytes(data)
 
 
