@@ -21,7 +21,6 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.files import File
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -47,13 +46,6 @@ PROGRESS_SAVE_SECONDS = 2.0  # log lines are written at most this often (epochs 
 HEARTBEAT_SECONDS = 10.0  # heartbeat_at is written at most this often while a job runs
 LOG_TAIL_LINES = 200
 # Files written by mlcore.train / mlcore.evaluate that are kept in storage.
-PLOT_FILES = {
-    "training": "training.png",
-    "validation_roc": "validation_roc.png",
-    "validation_confusion": "validation_confusion.png",
-    "test_roc": "test_roc.png",
-    "test_confusion": "test_confusion.png",
-}
 EXPORT_EXTENSIONS = {"JPEG": ".jpeg", "PNG": ".png", "DICOM": ".dcm"}
 
 
@@ -454,7 +446,6 @@ def register_retrained_version(
     """Store the model and plots, then in ONE transaction create the (inactive) version and
     mark the job succeeded; stored files are removed again if anything fails."""
     metadata = json.loads((model_dir / "model.json").read_text())
-    storage = ModelVersion._meta.get_field("model_file").storage
     version = ModelVersion(
         name=str(metadata["version"]),
         threshold=float(metadata["threshold"]),
@@ -470,18 +461,8 @@ def register_retrained_version(
             "training": train_report.get("training", {}),
         },
     )
-    saved: list[str] = []
+    saved = services.store_model_artifacts(version, model_dir)
     try:
-        prefix = f"models/{version.name}/{uuid.uuid4().hex}"
-        for key, filename in PLOT_FILES.items():
-            path = model_dir / filename
-            if path.is_file():
-                with open(path, "rb") as fh:
-                    version.plots[key] = storage.save(f"{prefix}/{filename}", File(fh))
-                saved.append(version.plots[key])
-        with open(model_dir / "model.keras", "rb") as fh:
-            version.model_file.save("model.keras", File(fh), save=False)
-        saved.append(version.model_file.name)
         reporter.log(f"registering model version {version.name} (inactive)")
         reporter.progress["phase"] = Status.SUCCEEDED
         shutil.rmtree(workdir, ignore_errors=True)  # everything needed is in storage now
@@ -499,11 +480,7 @@ def register_retrained_version(
                 **reporter.fields(),
             )
     except BaseException:
-        for name in saved:
-            try:
-                storage.delete(name)
-            except Exception:  # noqa: BLE001 - keep the original error
-                logger.warning("could not delete %s from storage", name, exc_info=True)
+        services.delete_stored_names(saved)
         raise
     return version
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -199,23 +200,69 @@ def activate_model_version(model_version: ModelVersion) -> ModelVersion:
     return model_version
 
 
+MODEL_PLOT_FILES = {
+    "training": "training.png",
+    "validation_roc": "validation_roc.png",
+    "validation_confusion": "validation_confusion.png",
+    "test_roc": "test_roc.png",
+    "test_confusion": "test_confusion.png",
+}
+
+
+def store_model_artifacts(model_version: ModelVersion, model_dir: Path) -> list[str]:
+    """Save model.keras and the plots of a model folder to storage (the row is not saved).
+
+    Returns the storage names written, so that a caller can delete them on failure.
+    """
+    storage = ModelVersion._meta.get_field("model_file").storage
+    prefix = f"models/{model_version.name}/{uuid.uuid4().hex}"
+    saved: list[str] = []
+    try:
+        for key, filename in MODEL_PLOT_FILES.items():
+            if (model_dir / filename).is_file():
+                with open(model_dir / filename, "rb") as fh:
+                    model_version.plots[key] = storage.save(f"{prefix}/{filename}", File(fh))
+                saved.append(model_version.plots[key])
+        with open(model_dir / "model.keras", "rb") as fh:
+            model_version.model_file.save("model.keras", File(fh), save=False)
+        saved.append(model_version.model_file.name)
+    except BaseException:
+        delete_stored_names(saved)
+        raise
+    return saved
+
+
+def delete_stored_names(names: list[str]) -> None:
+    storage = ModelVersion._meta.get_field("model_file").storage
+    for name in names:
+        try:
+            storage.delete(name)
+        except Exception:  # noqa: BLE001 - keep the original error
+            logger.warning("could not delete %s from storage", name, exc_info=True)
+
+
+def _read_report(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def register_model_dir(model_dir: Path) -> ModelVersion:
-    """Register a model folder (model.json + model.keras [+ metrics.json]); copies the file."""
+    """Register a shipped model folder (model.json, model.keras, metrics and plots)."""
     metadata = json.loads((model_dir / "model.json").read_text())
-    metrics_path = model_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    trained = _read_report(model_dir / "train_metrics.json")
+    tested = _read_report(model_dir / "test_metrics.json")
     model_version = ModelVersion(
         name=str(metadata["version"]),
         threshold=float(metadata["threshold"]),
         image_size=int(metadata["image_size"]),
-        metrics=metrics,
+        validation_metrics=trained.get("metrics", {}),
+        test_metrics=tested.get("metrics", {}),
+        metrics={"data": trained.get("data", {}), "training": trained.get("training", {})},
     )
-    with open(model_dir / "model.keras", "rb") as fh:
-        model_version.model_file.save("model.keras", File(fh), save=False)
+    saved = store_model_artifacts(model_version, model_dir)
     try:
         model_version.save()
     except Exception:
-        delete_stored_files(model_version.model_file)
+        delete_stored_names(saved)
         raise
     return model_version
 

@@ -186,10 +186,10 @@ def test_ensure_model_registers_new_folders_without_changing_the_active_one(
     newer.mkdir()
     (newer / "model.keras").symlink_to(model_dir / "model.keras")
     (newer / "model.json").write_text('{"version": "v-newer", "threshold": 0.4, "image_size": 224}')
-    (newer / "metrics.json").write_text('{"auc": 0.97}')
+    (newer / "test_metrics.json").write_text('{"metrics": {"auc": 0.97}}')
     call_command("ensure_model", stdout=io.StringIO())
     registered = ModelVersion.objects.get(name="v-newer")
-    assert registered.metrics == {"auc": 0.97} and registered.threshold == 0.4
+    assert registered.test_metrics == {"auc": 0.97} and registered.threshold == 0.4
     assert ModelVersion.objects.get(is_active=True) == active_model
 
 
@@ -347,3 +347,16 @@ def test_upload_form_posts_to_cases(staff_client, active_model):
     response = staff_client.post("/upload/", {"files": [SimpleUploadedFile("a.jpeg", data)]})
     assert response.status_code == 302
     assert Case.objects.get().predictions.get().model_version == active_model
+
+
+@pytest.mark.django_db
+def test_shipped_model_registers_with_its_metrics_and_plots(tmp_path, settings):
+    from diagnoses.services import MODEL_PLOT_FILES, register_model_dir
+
+    shipped = sorted(p.parent for p in (settings.BASE_DIR / "models").glob("*/model.json"))[-1]
+    version = register_model_dir(shipped)
+    assert version.test_metrics["n"] == 624 and 0 < version.test_metrics["auc"] <= 1
+    assert version.validation_metrics["threshold"] == pytest.approx(version.threshold)
+    assert set(version.plots) == set(MODEL_PLOT_FILES)
+    storage = version.model_file.storage
+    assert all(storage.exists(name) for name in version.plots.values())

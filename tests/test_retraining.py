@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from fixtures.staffdata import PNEUMONIA_SAMPLES, make_case
 
-from diagnoses import retraining, reviews
+from diagnoses import retraining, reviews, services
 from diagnoses.models import ModelVersion, RetrainingJob
 
 pytest_plugins = ["fixtures.staffkit"]
@@ -262,7 +262,7 @@ def test_a_job_registers_an_inactive_version_with_metrics_plots_and_cases(
     assert version.threshold == 0.4 and version.name.startswith(f"ft-job{job.pk}-")
     assert set(version.trained_on_cases.all()) == {normal, pneumonia}
     assert version.metrics["base_version"] == "fake-v1"
-    assert set(version.plots) == set(retraining.PLOT_FILES)
+    assert set(version.plots) == set(services.MODEL_PLOT_FILES)
     assert version.plots["test_roc"] != version.plots["validation_roc"]
     assert version.model_file.read() == b"fake keras"
     with version.model_file.storage.open(version.plots["test_roc"]) as fh:

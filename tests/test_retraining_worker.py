@@ -8,7 +8,7 @@ import pytest
 from conftest import wait_for
 from fixtures.staffdata import NORMAL_SAMPLES, PNEUMONIA_SAMPLES, make_case, worker_env
 
-from diagnoses import retraining, reviews
+from diagnoses import retraining, reviews, services
 from diagnoses.models import ModelVersion, Prediction, RetrainingJob
 
 pytest_plugins = ["fixtures.staffkit"]
@@ -64,7 +64,7 @@ def test_a_retraining_job_registers_an_inactive_version_and_activation_switches_
     assert set(new.trained_on_cases.all()) == {normal, pneumonia}
     for name in new.plots.values():
         assert new.model_file.storage.exists(name)
-    assert set(new.plots) == set(retraining.PLOT_FILES)
+    assert set(new.plots) == set(services.MODEL_PLOT_FILES)
     assert job.progress["epoch"] == 1 and job.progress["history"][0]["epoch"] == 1
     assert "epoch 1/1" in job.log_tail
     assert not list((staff_var / "retraining").iterdir())
