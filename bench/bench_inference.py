@@ -75,9 +75,11 @@ def main() -> None:
     blobs = [f.read_bytes() for f in files]
     single = preprocess_image(blobs[0], predictor.image_size)[np.newaxis].astype(np.float32)
 
-    print(f"model `{predictor.version}` ({predictor.model.count_params():,} parameters), "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}")
+    print(
+        f"model `{predictor.version}` ({predictor.model.count_params():,} parameters), "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}"
+    )
     print(f"\nmodel load: {load_s:.2f} s\n")
     print("| single image, forward pass only | p50 ms | p95 ms |\n|---|---:|---:|")
     reference = predictor.model.predict(single, verbose=0).ravel()
@@ -90,10 +92,21 @@ def main() -> None:
     print("\n| full path, one full-size JPEG (decode + preprocess + forward) | p50 ms | p95 ms |")
     print("|---|---:|---:|")
     cycle = iter(range(10**9))
-    print(row("Predictor.predict", timings_ms(
-        lambda: predictor.predict(blobs[next(cycle) % len(blobs)]), args.repeats)))
-    print(row("Predictor.explain (Grad-CAM overlay PNG)", timings_ms(
-        lambda: predictor.explain(blobs[next(cycle) % len(blobs)]), max(20, args.repeats // 5))))
+    print(
+        row(
+            "Predictor.predict",
+            timings_ms(lambda: predictor.predict(blobs[next(cycle) % len(blobs)]), args.repeats),
+        )
+    )
+    explain_repeats = max(20, args.repeats // 5)
+    for name, max_side in (("full size", None), ("at most 1024 px, as the worker", 1024)):
+        values = timings_ms(
+            lambda m=max_side: predictor.predict_with_heatmap(
+                blobs[next(cycle) % len(blobs)], max_side=m
+            ),
+            explain_repeats,
+        )
+        print(row(f"Predictor.predict_with_heatmap, overlay PNG {name}", values))
 
     batch = np.repeat(single, args.batch, axis=0).astype(np.uint8)
     predictor.probabilities(batch)
