@@ -46,23 +46,27 @@ class GradCam:
 
 
 @functools.cache
-def _jet_lookup() -> np.ndarray:
-    """256 RGB colours of matplotlib's 'jet' map (blue = cold, red = hot)."""
+def _jet_palette() -> list[int]:
+    """matplotlib's 'jet' map (blue = cold, red = hot) as a 256-colour Pillow palette."""
     from matplotlib import colormaps
 
-    return (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.float32)
+    colours = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+    return colours.ravel().tolist()
 
 
 def overlay(image: Image.Image, cam: np.ndarray, alpha: float = OVERLAY_ALPHA) -> Image.Image:
-    """Blend the heat map over the grayscale image, weighting the heat by its own strength."""
+    """Blend the heat map over the grayscale image, weighting the heat by its own strength.
+
+    Done with Pillow's C routines (palette lookup, per-pixel composite): on a film-sized
+    image this is several times faster than the same arithmetic in NumPy.
+    """
     heat = Image.fromarray((cam * 255).astype(np.uint8)).resize(
         image.size, Image.Resampling.BICUBIC
     )
-    heat_index = np.asarray(heat)
-    weight = (heat_index.astype(np.float32) * (alpha / 255.0))[..., np.newaxis]
-    base = np.asarray(image.convert("L"), dtype=np.float32)[..., np.newaxis]
-    blended = base + (_jet_lookup()[heat_index] - base) * weight
-    return Image.fromarray(blended.astype(np.uint8), mode="RGB")
+    colours = heat.copy()
+    colours.putpalette(_jet_palette())
+    weight = heat.point([round(value * alpha) for value in range(256)])
+    return Image.composite(colours.convert("RGB"), image.convert("RGB"), weight)
 
 
 def overlay_png(image: Image.Image, cam: np.ndarray) -> bytes:
