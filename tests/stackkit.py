@@ -54,6 +54,18 @@ def production_env(var_dir: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
+def collectstatic(env: dict[str, str]) -> None:
+    """As the image build does: collect static files with the role's environment."""
+    result = subprocess.run(
+        ["bash", str(ENTRYPOINT), "manage", "collectstatic", "--noinput"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def copy_model_dir(model_dir: Path, models_root: Path) -> Path:
     """A models/ folder holding one model (as the image ships it)."""
     models_root.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -34,8 +33,8 @@ import pytest
 from conftest import current_database_url, require_service
 from fixtures.casedata import NORMAL_SAMPLE, PNEUMONIA_SAMPLE, SAMPLES, find_model_dir
 from stackkit import (
-    ENTRYPOINT,
     RoleProcess,
+    collectstatic,
     copy_model_dir,
     free_port,
     production_env,
@@ -147,14 +146,7 @@ def test_browser_upload_reading_history_review_and_rejection(tmp_path, django_us
         WEB_CONCURRENCY="1",
         CELERY_CONCURRENCY="1",
     )
-    collect = subprocess.run(
-        ["bash", str(ENTRYPOINT), "manage", "collectstatic", "--noinput"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert collect.returncode == 0, collect.stderr
+    collectstatic(env)
 
     processes: list[RoleProcess] = []
     playwright = browser = None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -24,8 +23,8 @@ import pytest
 from conftest import current_database_url
 from fixtures.casedata import NORMAL_SAMPLE, find_model_dir
 from stackkit import (
-    ENTRYPOINT,
     RoleProcess,
+    collectstatic,
     copy_model_dir,
     free_port,
     http_request,
@@ -130,15 +129,7 @@ def test_stack_login_upload_and_reading(
         processes.append(proc)
         return proc
 
-    # As the image build does.
-    collect = subprocess.run(
-        ["bash", str(ENTRYPOINT), "manage", "collectstatic", "--noinput"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert collect.returncode == 0, collect.stderr
+    collectstatic(env)
     try:
         web = start("web")
         worker = start("worker", CELERY_WORKER_NAME=f"inference-{name}@%h")
