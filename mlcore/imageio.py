@@ -110,18 +110,52 @@ def array_to_grayscale(pixels: np.ndarray) -> Image.Image:
     return Image.fromarray(scaled, mode="L")
 
 
+DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
+
+
+def _read_dicom_header(data: bytes, max_pixels: int):
+    """The dataset without its pixels, refused before anything large is decoded.
+
+    A deflated dataset is inflated whole in memory by pydicom (a 25 MB upload could
+    become gigabytes), and every frame of a multi-frame image is decoded at once, so
+    both are checked here, from the header alone.
+    """
+    import pydicom
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    try:
+        stream = io.BytesIO(data)
+        read_preamble(stream, False)
+        meta = _read_file_meta_info(stream)
+        if str(meta.get("TransferSyntaxUID", "")) == DEFLATED_TRANSFER_SYNTAX:
+            raise ImageDecodeError("Deflated DICOM files are not supported.")
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # a corrupt header raises many types (unknown VR, bad length...)
+        raise ImageDecodeError("The DICOM file is damaged and cannot be read.") from exc
+    rows, columns = int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)
+    frames = int(header.get("NumberOfFrames", 1) or 1)
+    samples = int(header.get("SamplesPerPixel", 1) or 1)
+    if rows * columns * frames * samples > max_pixels:
+        raise ImageDecodeError(
+            f"The DICOM image holds {frames} frame(s) of {columns}x{rows} pixels, over the "
+            f"limit of {max_pixels:,} pixels."
+        )
+    return header
+
+
 def _decode_dicom(data: bytes, max_pixels: int) -> Image.Image:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    _read_dicom_header(data, max_pixels)
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
-    except Exception as exc:  # a corrupt header raises many types (unknown VR, bad length...)
+    except Exception as exc:
         raise ImageDecodeError("The DICOM file is damaged and cannot be read.") from exc
     if "PixelData" not in dataset:
         raise ImageDecodeError("The DICOM file holds no image (it has no pixel data).")
-    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
-    _check_pixel_count(columns, rows, max_pixels)
     try:
         pixels = dataset.pixel_array
         if int(dataset.get("NumberOfFrames", 1) or 1) > 1:

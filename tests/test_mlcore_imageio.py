@@ -113,3 +113,27 @@ def test_full_size_sample_decodes_as_stored():
     path = SAMPLES / "NORMAL" / "IM-0001-0001.jpeg"
     image = decode_image(path.read_bytes())
     assert image.size == (1857, 1317) and image.mode == "L"
+
+
+def test_dicom_pixel_limit_counts_every_frame():
+    pixels = np.zeros((100, 100))
+    data = make_dicom(pixels)
+    assert decode_image(data, max_pixels=10_000).size == (100, 100)
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    dataset.NumberOfFrames = 3
+    dataset.PixelData = np.zeros((3, 100, 100), np.uint16).tobytes()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(ImageDecodeError, match="3 frame"):
+        decode_image(buffer.getvalue(), max_pixels=20_000)
+
+
+def test_deflated_dicom_is_refused_before_inflating():
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(np.zeros((64, 64)))))
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(ImageDecodeError, match="Deflated"):
+        decode_image(buffer.getvalue())
