@@ -551,7 +551,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return redirect("admin:diagnoses_modelversion_change", version.pk)
 
     def plot_view(self, request, object_id, kind):
-        from diagnoses.staff_views import stream_stored_name
+        from diagnoses.file_responses import CACHE_FOR_AN_HOUR, stored_file_response
 
         if not self.has_view_permission(request):
             raise PermissionDenied
@@ -559,10 +559,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
         name = (version.plots or {}).get(kind)
         if not name:
             raise Http404("No such plot.")
-        return stream_stored_name(
+        return stored_file_response(
             ModelVersion._meta.get_field("model_file").storage,
             name,
             download_name=f"{version.name}-{kind}.png",
+            cache_control=CACHE_FOR_AN_HOUR,
         )
 
 

@@ -11,7 +11,7 @@ from functools import wraps
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, JsonResponse
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -115,14 +115,3 @@ def agreement(request):
         "diagnoses/staff/agreement.html",
         {"stats": selectors_staff.agreement_statistics()},
     )
-
-
-def stream_stored_name(storage, name: str, *, download_name: str):
-    """Stream a stored file (local storage) or redirect to a short-lived signed URL (S3)."""
-    try:
-        storage.path(name)
-    except NotImplementedError:
-        return redirect(storage.url(name))
-    response = FileResponse(storage.open(name, "rb"), filename=download_name)
-    response["Cache-Control"] = "private, max-age=3600"
-    return response

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, JsonResponse
+from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from diagnoses import selectors, services
+from diagnoses.file_responses import CACHE_FOR_AN_HOUR, REVALIDATE, stored_file_response
 from diagnoses.forms import HistoryFilterForm, UploadForm
 from diagnoses.models import Case
 
@@ -113,7 +114,12 @@ def case_image(request, case_id: int, kind: str):
         raise Http404("Unknown image kind.")
     if not stored:
         raise Http404("No such image.")
-    return _stream_stored_file(stored, download_name=_download_name(case, kind))
+    return stored_file_response(
+        stored.storage,
+        stored.name,
+        download_name=_download_name(case, kind),
+        cache_control=REVALIDATE if kind == "heatmap" else CACHE_FOR_AN_HOUR,
+    )
 
 
 def _get_case_or_404(case_id: int) -> Case:
@@ -128,14 +134,3 @@ def _download_name(case: Case, kind: str) -> str:
         extension = {"JPEG": "jpg", "PNG": "png", "DICOM": "dcm"}[case.image_format]
         return f"case-{case.pk}.{extension}"
     return f"case-{case.pk}-{kind}.{'jpg' if kind == 'thumbnail' else 'png'}"
-
-
-def _stream_stored_file(stored, *, download_name: str):
-    """Stream from local storage; for remote storage (S3) redirect to a short-lived signed URL."""
-    try:
-        stored.storage.path(stored.name)
-    except NotImplementedError:
-        return redirect(stored.storage.url(stored.name))
-    response = FileResponse(stored.open("rb"), filename=download_name)
-    response["Cache-Control"] = "private, max-age=3600"
-    return response

@@ -255,6 +255,12 @@ def test_case_page_shows_the_reading_and_heatmap_when_done(
     response = staff_client.get(f"/cases/{case.pk}/image/heatmap/")
     assert response.status_code == 200
     assert b"".join(response.streaming_content) == prediction.heatmap.open("rb").read()
+    # A re-run replaces the overlay behind the same URL: the browser must revalidate.
+    assert response["Cache-Control"] == "private, no-cache"
+    assert "max-age" in staff_client.get(f"/cases/{case.pk}/image/display/")["Cache-Control"]
+
+    prediction.heatmap.storage.delete(prediction.heatmap.name)
+    assert staff_client.get(f"/cases/{case.pk}/image/heatmap/").status_code == 404
 
 
 def test_reading_text():
