@@ -88,10 +88,11 @@ def create_case(
         width=validated.image.width,
         height=validated.image.height,
     )
-    case.original.save("original", ContentFile(validated.stored_bytes), save=False)
-    case.display_image.save("display.png", ContentFile(display_png(validated.image)), save=False)
-    case.thumbnail.save("thumbnail.jpg", ContentFile(thumbnail_jpeg(validated.image)), save=False)
     try:
+        case.original.save("original", ContentFile(validated.stored_bytes), save=False)
+        display, thumbnail = display_png(validated.image), thumbnail_jpeg(validated.image)
+        case.display_image.save("display.png", ContentFile(display), save=False)
+        case.thumbnail.save("thumbnail.jpg", ContentFile(thumbnail), save=False)
         with transaction.atomic():
             case.save()
             queue_prediction(case=case, model_version=model_version)
@@ -104,10 +105,14 @@ def create_case(
 def delete_stored_files(*files) -> None:
     for stored in files:
         if stored and stored.name:
-            try:
-                stored.storage.delete(stored.name)
-            except Exception:  # noqa: BLE001 - clean-up must not hide the original error
-                logger.warning("could not delete %s from storage", stored.name, exc_info=True)
+            _delete_quietly(stored.storage, stored.name)
+
+
+def _delete_quietly(storage, name: str) -> None:
+    try:
+        storage.delete(name)
+    except Exception:  # noqa: BLE001 - clean-up must not hide the original error
+        logger.warning("could not delete %s from storage", name, exc_info=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -235,10 +240,7 @@ def store_model_artifacts(model_version: ModelVersion, model_dir: Path) -> list[
 def delete_stored_names(names: list[str]) -> None:
     storage = ModelVersion._meta.get_field("model_file").storage
     for name in names:
-        try:
-            storage.delete(name)
-        except Exception:  # noqa: BLE001 - keep the original error
-            logger.warning("could not delete %s from storage", name, exc_info=True)
+        _delete_quietly(storage, name)
 
 
 def _read_report(path: Path) -> dict:

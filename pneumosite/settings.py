@@ -290,7 +290,11 @@ if CELERY_BROKER_URL:
             "PNEUMOSITE_BROKER_VISIBILITY_TIMEOUT", PNEUMOSITE_TRAINING_TIME_LIMIT + 3600
         ),
     }
-    CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
+    # Results go to Redis when the broker is Redis; other brokers get none unless set.
+    _broker_is_redis = CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+    CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND") or (
+        CELERY_BROKER_URL if _broker_is_redis else None
+    )
     CELERY_RESULT_EXPIRES = 24 * 3600
     CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS: dict = {}
     # Optional prefix for every Redis key (lets tests or several sites share one Redis).
