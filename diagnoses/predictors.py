@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -21,6 +22,7 @@ from django.conf import settings
 from diagnoses.models import ModelVersion
 
 MAX_LOADED_MODELS = 2
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 _lock = threading.Lock()
 _loaded: OrderedDict[str, object] = OrderedDict()
@@ -45,20 +47,17 @@ def get_predictor(model_version: ModelVersion):
         return predictor
 
 
-def clear_loaded_predictors() -> None:
-    with _lock:
-        _loaded.clear()
-
-
 def ensure_local_model_dir(model_version: ModelVersion) -> Path:
     """model.keras (from storage) and model.json (from the DB row) in the local cache."""
+    if not SAFE_NAME.fullmatch(model_version.name):
+        raise ValueError(f"unsafe model version name for a cache folder: {model_version.name!r}")
     target = Path(settings.PNEUMOSITE_MODEL_CACHE_DIR) / model_version.name
     metadata = {
         "version": model_version.name,
         "threshold": model_version.threshold,
         "image_size": model_version.image_size,
     }
-    if (target / "model.keras").is_file() and _read_json(target / "model.json") == metadata:
+    if _is_complete(target, metadata):
         return target
     # Built in a private folder and renamed into place, so that concurrent workers never
     # load a half-written file.
@@ -68,6 +67,8 @@ def ensure_local_model_dir(model_version: ModelVersion) -> Path:
         with model_version.model_file.open("rb") as src, open(staging / "model.keras", "wb") as dst:
             shutil.copyfileobj(src, dst, length=1024 * 1024)
         (staging / "model.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        if _is_complete(target, metadata):
+            return target  # another process installed it meanwhile: never pull it away
         if target.exists():
             shutil.rmtree(target, ignore_errors=True)
         try:
@@ -78,6 +79,10 @@ def ensure_local_model_dir(model_version: ModelVersion) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _is_complete(target: Path, metadata: dict) -> bool:
+    return (target / "model.keras").is_file() and _read_json(target / "model.json") == metadata
 
 
 def _read_json(path: Path):

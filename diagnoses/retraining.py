@@ -13,15 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 import time
 import uuid
 from collections import deque
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -235,7 +236,6 @@ class JobReporter:
         }
         self._last_poll = 0.0
         self._last_save = 0.0
-        self._last_heartbeat = time.monotonic()  # claim_job wrote the first one
         self._cancel_seen = False
 
     # mlcore callbacks -----------------------------------------------------------------
@@ -256,28 +256,20 @@ class JobReporter:
         self.save(force=True)
 
     def should_stop(self) -> bool:
-        """True once cancellation is requested; asks the database at most every 2 s."""
+        """True once cancellation is requested, or once the job is no longer running (the
+        stale-job sweeper failed it); asks the database at most every 2 s."""
         if self._cancel_seen:
             return True
         now = time.monotonic()
         if now - self._last_poll < CANCEL_POLL_SECONDS:
             return False
         self._last_poll = now
-        self.heartbeat()
-        self._cancel_seen = RetrainingJob.objects.filter(
-            pk=self.job_id, cancel_requested=True
-        ).exists()
-        return self._cancel_seen
-
-    def heartbeat(self) -> None:
-        """Tell fail_stale_jobs that this job's worker is alive (at most every 10 s)."""
-        now = time.monotonic()
-        if now - self._last_heartbeat < HEARTBEAT_SECONDS:
-            return
-        self._last_heartbeat = now
-        RetrainingJob.objects.filter(pk=self.job_id, status=Status.RUNNING).update(
-            heartbeat_at=timezone.now()
+        self._cancel_seen = (
+            RetrainingJob.objects.filter(pk=self.job_id)
+            .filter(Q(cancel_requested=True) | ~Q(status=Status.RUNNING))
+            .exists()
         )
+        return self._cancel_seen
 
     # job side ---------------------------------------------------------------------------
     def phase(self, name: str) -> None:
@@ -298,7 +290,6 @@ class JobReporter:
         if not force and now - self._last_save < PROGRESS_SAVE_SECONDS:
             return
         self._last_save = now
-        self.heartbeat()
         RetrainingJob.objects.filter(pk=self.job_id).update(**self.fields())
 
     def finish(self, status: str, message: str = "") -> None:
@@ -311,6 +302,36 @@ class JobReporter:
             finished_at=timezone.now(),
             **self.fields(),
         )
+
+
+@contextmanager
+def heartbeat_while_running(job_id: int, interval: float = HEARTBEAT_SECONDS):
+    """Write heartbeat_at every `interval` seconds from a thread while the block runs.
+
+    A thread, not the training callbacks: data loading, exporting reviewed cases and the
+    test evaluation report no progress, and a long one must not look like a dead worker.
+    """
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(interval):
+                try:
+                    RetrainingJob.objects.filter(pk=job_id, status=Status.RUNNING).update(
+                        heartbeat_at=timezone.now()
+                    )
+                except DatabaseError:
+                    logger.warning("job %s: heartbeat not written", job_id, exc_info=True)
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=beat, name=f"retraining-{job_id}-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=interval + 10)
 
 
 def run_job(*, job_id: int, task_id: str) -> str:
@@ -328,7 +349,8 @@ def run_job(*, job_id: int, task_id: str) -> str:
     # The temporary folder is removed BEFORE the job's final status is written, so that
     # an ended job never leaves files behind.
     try:
-        version = _train_evaluate_register(job, reporter, workdir)
+        with heartbeat_while_running(job.pk):
+            version = _train_evaluate_register(job, reporter, workdir)
     except (TrainingCancelled, JobCancelled):
         status, message = Status.CANCELLED, "Cancelled; no model version was registered."
     except SoftTimeLimitExceeded:
@@ -483,8 +505,3 @@ def register_retrained_version(
         services.delete_stored_names(saved)
         raise
     return version
-
-
-def validate_epochs(value: int | None) -> None:
-    if value is not None and not 1 <= value <= MAX_EPOCHS:
-        raise ValidationError(f"Between 1 and {MAX_EPOCHS}.")

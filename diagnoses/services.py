@@ -333,6 +333,10 @@ def claim_prediction(*, prediction_id: int, task_id: str) -> Prediction | None:
 HEATMAP_MAX_SIDE = 1024
 
 
+class StoredImageMissing(RuntimeError):
+    """The case's original is gone from storage: the prediction cannot ever succeed."""
+
+
 @dataclass(frozen=True)
 class ComputedReading:
     probability: float
@@ -351,8 +355,11 @@ def compute_reading(prediction: Prediction) -> ComputedReading:
     from mlcore.imageio import decode_image
 
     predictor = get_predictor(prediction.model_version)
-    with prediction.case.original.open("rb") as fh:
-        data = fh.read()
+    try:
+        with prediction.case.original.open("rb") as fh:
+            data = fh.read()
+    except FileNotFoundError as exc:
+        raise StoredImageMissing("The stored image file is missing.") from exc
     image = decode_image(data, max_pixels=settings.PNEUMOSITE_MAX_PIXELS)
     reading, heatmap = predictor.predict_with_heatmap(image, max_side=HEATMAP_MAX_SIDE)
     return ComputedReading(

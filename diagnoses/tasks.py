@@ -77,10 +77,8 @@ def run_prediction(self, prediction_id: int) -> str:
     except ImageDecodeError as exc:
         services.fail_prediction(prediction_id=prediction_id, message=str(exc))
         return "failed"
-    except FileNotFoundError:
-        services.fail_prediction(
-            prediction_id=prediction_id, message="The stored image file is missing."
-        )
+    except services.StoredImageMissing as exc:
+        services.fail_prediction(prediction_id=prediction_id, message=str(exc))
         return "failed"
     except TRANSIENT_ERRORS as exc:
         if self.request.retries >= self.max_retries:

@@ -26,7 +26,3 @@ def preprocess_image(
         image = image.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
     image = ImageOps.equalize(image)
     return np.asarray(image, dtype=np.uint8)[..., np.newaxis]
-
-
-def preprocess_batch(images, size: int = IMAGE_SIZE) -> np.ndarray:
-    return np.stack([preprocess_image(image, size) for image in images])

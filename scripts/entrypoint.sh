@@ -19,12 +19,7 @@ PY="${PYTHON:-python}"
 
 prepare_database() {
   "$PY" manage.py migrate --noinput
-  # The cases app provides ensure_model (registers the shipped model); optional until then.
-  if "$PY" manage.py help ensure_model >/dev/null 2>&1; then
-    "$PY" manage.py ensure_model
-  else
-    echo "entrypoint: no ensure_model command; skipping model registration" >&2
-  fi
+  "$PY" manage.py ensure_model  # registers the shipped models/ (idempotent)
 }
 
 role="${1:-web}"

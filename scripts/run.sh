@@ -13,9 +13,10 @@ CELERY_CONCURRENCY="${CELERY_CONCURRENCY:-2}"
 
 "$PY" manage.py migrate --noinput
 
-if "$PY" manage.py help ensure_model >/dev/null 2>&1; then
-  "$PY" manage.py ensure_model
-fi
+"$PY" manage.py ensure_model
+# The embedded broker keeps every consumed message in processed/; drop those over a day old.
+find "${PNEUMOSITE_BROKER_DIR:-${PNEUMOSITE_VAR_DIR:-var}/broker}/processed" -type f -mtime +1 \
+  -delete 2>/dev/null || true
 
 "$PY" scripts/ensure_admin.py
 

@@ -420,9 +420,10 @@ def test_retraining_worker_killed_job_fails_with_a_reason_and_registers_nothing(
     assert again.status == RetrainingJob.Status.QUEUED
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # the heartbeat thread has its own connection
 def test_heartbeat_sweeper_spares_live_jobs_and_fails_silent_ones(reviewer, fake_version, settings):
-    """Unit level: heartbeat_at decides, and the claim starts the heartbeat."""
+    """Unit level: heartbeat_at decides, the claim and the heartbeat thread write it, and a
+    job the sweeper failed stops training at its next poll."""
     from datetime import timedelta
 
     from django.utils import timezone
@@ -436,20 +437,24 @@ def test_heartbeat_sweeper_spares_live_jobs_and_fails_silent_ones(reviewer, fake
     assert job.heartbeat_at is not None
     assert retraining.fail_stale_jobs() == []
 
-    reporter = retraining.JobReporter(job)
-    RetrainingJob.objects.filter(pk=job.pk).update(
-        heartbeat_at=timezone.now() - timedelta(seconds=59)
-    )
-    reporter._last_heartbeat -= retraining.HEARTBEAT_SECONDS
-    reporter._last_poll -= retraining.CANCEL_POLL_SECONDS
-    assert reporter.should_stop() is False  # the poll also beats
-    job.refresh_from_db()
-    assert timezone.now() - job.heartbeat_at < timedelta(seconds=5)
+    stale = timezone.now() - timedelta(seconds=59)
+    RetrainingJob.objects.filter(pk=job.pk).update(heartbeat_at=stale)
+    with retraining.heartbeat_while_running(job.pk, interval=0.05):
+        fresh = stale + timedelta(seconds=30)
+        wait_for(
+            lambda: RetrainingJob.objects.get(pk=job.pk).heartbeat_at > fresh,
+            10,
+            message="the heartbeat thread wrote nothing",
+        )
     assert retraining.fail_stale_jobs() == []
 
+    reporter = retraining.JobReporter(job)
+    assert reporter.should_stop() is False
     RetrainingJob.objects.filter(pk=job.pk).update(
         heartbeat_at=timezone.now() - timedelta(seconds=61)
     )
     assert retraining.fail_stale_jobs() == [job.pk]
     job.refresh_from_db()
     assert job.status == RetrainingJob.Status.FAILED and "heartbeat" in job.error_message
+    reporter._last_poll -= retraining.CANCEL_POLL_SECONDS
+    assert reporter.should_stop() is True  # a job failed by the sweeper stops training
