@@ -96,6 +96,9 @@ def _load_secret_key() -> str:
 
 
 SECRET_KEY = _load_secret_key()
+if not DEBUG and SECRET_KEY.startswith("change-me"):
+    # The placeholder of .env.example is public: never run production with it.
+    raise ImproperlyConfigured("DJANGO_SECRET_KEY is still the .env.example placeholder.")
 
 ALLOWED_HOSTS = env_list(
     "DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else []

@@ -400,3 +400,22 @@ def test_home_renders_for_logged_in_user(client, django_user_model):
     response = client.get("/")
     assert response.status_code == 200
     assert b"Log out" in response.content
+
+
+def test_production_refuses_the_env_example_secret_key(tmp_path):
+    env = {
+        **os.environ,
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "change-me-to-a-long-random-string-of-at-least-fifty-characters",
+        "DJANGO_ALLOWED_HOSTS": "example.org",
+        "PNEUMOSITE_VAR_DIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "placeholder" in result.stderr
