@@ -120,6 +120,10 @@ class Prediction(models.Model):
     task_id = models.CharField(max_length=64, blank=True)
     queued_at = models.DateTimeField(auto_now_add=True)
     last_sent_at = models.DateTimeField(null=True, blank=True)
+    # Bounds on crash loops and on duplicate messages (services.claim_prediction and
+    # services.requeue_stale_predictions).
+    send_count = models.PositiveSmallIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=0)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     inference_ms = models.FloatField(null=True, blank=True)

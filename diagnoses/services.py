@@ -12,7 +12,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.base import ContentFile, File
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from diagnoses.imaging import (
@@ -136,7 +136,9 @@ def send_prediction_task(prediction_id: int) -> bool:
             "could not send run_prediction for prediction %s; it stays queued", prediction_id
         )
         return False
-    Prediction.objects.filter(pk=prediction_id).update(last_sent_at=timezone.now())
+    Prediction.objects.filter(pk=prediction_id).update(
+        last_sent_at=timezone.now(), send_count=F("send_count") + 1
+    )
     return True
 
 
@@ -161,20 +163,29 @@ def rerun_prediction(*, case: Case) -> tuple[Prediction, bool]:
         return queue_prediction(case=case, model_version=model_version), True
 
 
+# A queued prediction is re-sent every `older_than` up to this many sends, then hourly:
+# during a long worker outage the queue holds a few duplicates per upload, not hundreds.
+FREQUENT_SENDS = 5
+SLOW_RESEND = timedelta(hours=1)
+
+
 def requeue_stale_predictions(*, older_than: timedelta) -> list[int]:
     """Re-send predictions whose message may be lost; returns their ids.
 
-    Queued ones not sent (or last sent) more than `older_than` ago, and running ones
-    started longer ago than the task's hard time limit (their worker died; the
-    filesystem broker does not redeliver). run_prediction is idempotent, so a duplicate
-    message is harmless.
+    Queued ones not sent (or last sent) more than `older_than` ago (hourly after
+    FREQUENT_SENDS sends), and running ones started longer ago than the task's hard time
+    limit (their worker died; the filesystem broker does not redeliver).
+    run_prediction is idempotent, so a duplicate message is harmless.
     """
     now = timezone.now()
     cutoff = now - older_than
     dead_cutoff = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+    queued_stale = Q(last_sent_at__isnull=True, queued_at__lt=cutoff) | Q(
+        last_sent_at__lt=cutoff, send_count__lt=FREQUENT_SENDS
+    )
+    queued_stale |= Q(last_sent_at__lt=now - SLOW_RESEND)
     stale = Prediction.objects.filter(
-        Q(status=Prediction.Status.QUEUED)
-        & (Q(last_sent_at__lt=cutoff) | Q(last_sent_at__isnull=True, queued_at__lt=cutoff))
+        Q(status=Prediction.Status.QUEUED) & queued_stale
         | Q(status=Prediction.Status.RUNNING, started_at__lt=dead_cutoff)
     ).values_list("pk", flat=True)
     sent = [pk for pk in stale if send_prediction_task(pk)]
@@ -305,12 +316,16 @@ def ensure_models(models_dir: Path | None = None) -> tuple[list[ModelVersion], M
 # --------------------------------------------------------------------------------------
 # Running a prediction (called by tasks.run_prediction)
 # --------------------------------------------------------------------------------------
+MAX_PREDICTION_ATTEMPTS = 10
+
+
 def claim_prediction(*, prediction_id: int, task_id: str) -> Prediction | None:
     """Mark a prediction running for this delivery, or None when it must not run.
 
     A conditional UPDATE, so two deliveries cannot both claim it. Claimable: queued;
     running under the same task id (a retry, or a redelivery after a worker crash);
-    running for longer than the hard time limit (its worker is gone).
+    running for longer than the hard time limit (its worker is gone). An image that
+    kills its worker every time is given up after MAX_PREDICTION_ATTEMPTS claims.
     """
     now = timezone.now()
     dead_before = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
@@ -321,11 +336,26 @@ def claim_prediction(*, prediction_id: int, task_id: str) -> Prediction | None:
             | Q(status=Prediction.Status.RUNNING, task_id=task_id)
             | Q(status=Prediction.Status.RUNNING, started_at__lt=dead_before)
         )
-        .update(status=Prediction.Status.RUNNING, started_at=now, task_id=task_id)
+        .update(
+            status=Prediction.Status.RUNNING,
+            started_at=now,
+            task_id=task_id,
+            attempts=F("attempts") + 1,
+        )
     )
     if not claimed:
         return None
-    return Prediction.objects.select_related("case", "model_version").get(pk=prediction_id)
+    prediction = Prediction.objects.select_related("case", "model_version").get(pk=prediction_id)
+    if prediction.attempts > MAX_PREDICTION_ATTEMPTS:
+        fail_prediction(
+            prediction_id=prediction_id,
+            message=(
+                f"The model run was started {MAX_PREDICTION_ATTEMPTS} times without finishing "
+                "(the worker stopped each time); giving up."
+            ),
+        )
+        return None
+    return prediction
 
 
 # The overlay is shown scaled to the display image's box; encoding it at full film size

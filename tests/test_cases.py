@@ -340,6 +340,36 @@ def test_requeue_stale_predictions_resends_old_queued_ones(
     assert "Requeued 0 prediction(s)" in out.getvalue()
 
 
+def test_requeue_slows_down_after_a_few_sends(
+    active_model, staff_user, filesystem_broker, celery_app_broker
+):
+    """A long worker outage leaves a few duplicate messages per upload, not one a minute."""
+    celery_app_broker(filesystem_broker)
+    prediction = make_case(staff_user).predictions.get()
+    ten_minutes_ago = timezone.now() - timedelta(minutes=10)
+    Prediction.objects.filter(pk=prediction.pk).update(
+        last_sent_at=ten_minutes_ago, send_count=services.FREQUENT_SENDS - 1
+    )
+    assert services.requeue_stale_predictions(older_than=timedelta(minutes=1)) == [prediction.pk]
+    Prediction.objects.filter(pk=prediction.pk).update(last_sent_at=ten_minutes_ago)
+    assert services.requeue_stale_predictions(older_than=timedelta(minutes=1)) == []
+    Prediction.objects.filter(pk=prediction.pk).update(
+        last_sent_at=timezone.now() - services.SLOW_RESEND - timedelta(seconds=1)
+    )
+    assert services.requeue_stale_predictions(older_than=timedelta(minutes=1)) == [prediction.pk]
+
+
+def test_a_prediction_that_keeps_killing_its_worker_is_given_up(active_model, staff_user):
+    prediction = make_case(staff_user).predictions.get()
+    for _ in range(services.MAX_PREDICTION_ATTEMPTS):
+        # a redelivery after a crash: same message, claimed again
+        assert services.claim_prediction(prediction_id=prediction.pk, task_id="t-1") is not None
+    assert services.claim_prediction(prediction_id=prediction.pk, task_id="t-1") is None
+    prediction.refresh_from_db()
+    assert prediction.status == Prediction.Status.FAILED
+    assert "without finishing" in prediction.error_message
+
+
 def test_requeue_is_a_periodic_task(settings):
     from pneumosite.celery import app
 
