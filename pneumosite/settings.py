@@ -119,6 +119,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "pneumosite.middleware.RequestSizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -244,9 +245,15 @@ STORAGES = {
     },
 }
 
-# Uploads: requests above this size are rejected; files above the memory limit are
-# streamed to a temporary file instead of being held in memory.
+# Uploads: files above the memory limit are streamed to a temporary file; the request
+# size limit (pneumosite.middleware) caps what can be streamed; DATA_UPLOAD_MAX_MEMORY_SIZE
+# caps the non-file fields only.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+# One upload batch: at most this many files, and a body no larger than they can be.
+DATA_UPLOAD_MAX_NUMBER_FILES = env_int("PNEUMOSITE_MAX_UPLOAD_FILES", 20)
+PNEUMOSITE_MAX_REQUEST_BYTES = (
+    DATA_UPLOAD_MAX_NUMBER_FILES * PNEUMOSITE_MAX_UPLOAD_BYTES + 1024 * 1024
+)
 DATA_UPLOAD_MAX_MEMORY_SIZE = PNEUMOSITE_MAX_UPLOAD_BYTES + 1024 * 1024
 FILE_UPLOAD_PERMISSIONS = 0o640
 

@@ -260,3 +260,12 @@ def test_upload_succeeds_when_the_broker_is_down(
     assert response["Location"] == f"/cases/{case.pk}/"
     prediction = case.predictions.get()
     assert prediction.status == Prediction.Status.QUEUED and prediction.last_sent_at is None
+
+
+def test_a_request_larger_than_any_batch_is_refused_unread(staff_client, active_model, settings):
+    settings.PNEUMOSITE_MAX_REQUEST_BYTES = 50_000
+    big = SimpleUploadedFile("big.jpg", b"\xff\xd8\xff" + b"0" * 60_000, content_type="image/jpeg")
+    response = staff_client.post("/upload/", {"files": [big]})
+    assert response.status_code == 413
+    assert "Send fewer files" in response.content.decode()
+    assert not Case.objects.exists()
