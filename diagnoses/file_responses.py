@@ -15,7 +15,7 @@ def stored_file_response(storage, name: str, *, download_name: str, cache_contro
     try:
         storage.path(name)
     except NotImplementedError:
-        return redirect(storage.url(name))
+        return redirect(_signed_url(storage, name, download_name))
     try:
         handle = storage.open(name, "rb")
     except FileNotFoundError:
@@ -23,3 +23,12 @@ def stored_file_response(storage, name: str, *, download_name: str, cache_contro
     response = FileResponse(handle, filename=download_name)
     response["Cache-Control"] = cache_control
     return response
+
+
+def _signed_url(storage, name: str, download_name: str) -> str:
+    """S3 names have no extension: ask S3 to send the file under its download name."""
+    disposition = {"ResponseContentDisposition": f'inline; filename="{download_name}"'}
+    try:
+        return storage.url(name, parameters=disposition)
+    except TypeError:  # a remote storage whose url() takes no parameters
+        return storage.url(name)

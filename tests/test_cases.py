@@ -288,11 +288,15 @@ def test_remote_storage_redirects_to_a_signed_url(staff_client, staff_user, acti
     storage = FileSystemStorage
     with (
         mock.patch.object(storage, "path", side_effect=NotImplementedError),
-        mock.patch.object(storage, "url", return_value="https://s3.example/x?X-Amz-Signature=1"),
+        mock.patch.object(
+            storage, "url", return_value="https://s3.example/x?X-Amz-Signature=1"
+        ) as signed_url,
     ):
         response = staff_client.get(f"/cases/{case.pk}/image/original/")
     assert response.status_code == 302
     assert response["Location"] == "https://s3.example/x?X-Amz-Signature=1"
+    disposition = signed_url.call_args.kwargs["parameters"]["ResponseContentDisposition"]
+    assert disposition == f'inline; filename="case-{case.pk}.jpg"'
 
 
 def test_rerun_queues_one_prediction_with_the_active_model(

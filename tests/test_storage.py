@@ -84,6 +84,17 @@ def test_url_is_signed_short_lived_and_works_over_http(storage, s3_server, s3_bu
     assert status == 403
 
 
+def test_signed_url_names_the_download(storage, s3_bucket):
+    """The app asks S3 for a file name: stored names have no extension."""
+    from diagnoses.file_responses import _signed_url
+
+    name = storage.save("cases/original/uuid-without-extension", ContentFile(b"jpeg bytes"))
+    url = _signed_url(storage, name, "case-7.jpg")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.read() == b"jpeg bytes"
+        assert response.headers["Content-Disposition"] == 'inline; filename="case-7.jpg"'
+
+
 def test_file_overwrite_false_keeps_both_files(storage):
     first = storage.save("models/v1/model.keras", ContentFile(b"first"))
     second = storage.save("models/v1/model.keras", ContentFile(b"second"))
