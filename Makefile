@@ -25,7 +25,7 @@ venv: $(VENV)/.requirements.stamp
 dev-venv: $(VENV)/.requirements-dev.stamp
 
 run: venv
-	./scripts/run.sh
+	./scripts/run.sh || [ $$? -eq 130 ]  # Ctrl-C is the normal way to stop
 
 test: dev-venv
 	$(VPY) -m pytest $(PYTEST_ARGS)
