@@ -8,8 +8,10 @@ from keras import layers
 from mlcore.preprocess import IMAGE_SIZE
 
 
-def build_augmenter(seed: int | None = None) -> keras.Sequential:
+def build_augmenter(seed: int | None = None, strength: float = 1.0) -> keras.Sequential:
     """Augmentations that mimic differences between X-ray machines and positioning.
+
+    `strength` scales every range (1.0 = the default recipe).
 
     No horizontal flip: a flipped chest film puts the heart on the wrong side, an anatomy
     the classifier never meets in practice. Blur, noise, contrast and brightness cover the
@@ -17,15 +19,21 @@ def build_augmenter(seed: int | None = None) -> keras.Sequential:
     """
     return keras.Sequential(
         [
-            layers.RandomRotation(0.03, fill_mode="constant", seed=seed),
-            layers.RandomZoom((-0.1, 0.15), fill_mode="constant", seed=seed),
-            layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed),
-            layers.RandomContrast(0.25, value_range=(0.0, 1.0), seed=seed),
-            layers.RandomBrightness(0.1, value_range=(0.0, 1.0), seed=seed),
-            layers.RandomGaussianBlur(
-                factor=0.5, kernel_size=3, sigma=(0.1, 1.2), value_range=(0.0, 1.0), seed=seed
+            layers.RandomRotation(0.03 * strength, fill_mode="constant", seed=seed),
+            layers.RandomZoom((-0.1 * strength, 0.15 * strength), fill_mode="constant", seed=seed),
+            layers.RandomTranslation(
+                0.06 * strength, 0.06 * strength, fill_mode="constant", seed=seed
             ),
-            layers.GaussianNoise(0.02, seed=seed),
+            layers.RandomContrast(min(0.9, 0.25 * strength), value_range=(0.0, 1.0), seed=seed),
+            layers.RandomBrightness(min(0.9, 0.1 * strength), value_range=(0.0, 1.0), seed=seed),
+            layers.RandomGaussianBlur(
+                factor=0.5,
+                kernel_size=3,
+                sigma=(0.1, 1.2 * strength),
+                value_range=(0.0, 1.0),
+                seed=seed,
+            ),
+            layers.GaussianNoise(0.02 * strength, seed=seed),
         ],
         name="augment",
     )
@@ -56,12 +64,13 @@ def build_model(
     dropout: float = 0.3,
     augment: bool = True,
     seed: int | None = None,
+    augment_strength: float = 1.0,
 ) -> keras.Model:
     """Input: (image_size, image_size, 1) pixel values 0..255. Output: P(pneumonia)."""
     inputs = keras.Input((image_size, image_size, 1), name="xray")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     if augment:
-        x = build_augmenter(seed)(x)
+        x = build_augmenter(seed, augment_strength)(x)
     x = _conv_bn_relu(x, width, kernel_size=5, strides=2, name="stem")
     for index, multiplier in enumerate((1, 2, 4, 8)):
         x = _residual_stage(x, width * multiplier, name=f"stage{index + 1}")

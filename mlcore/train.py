@@ -40,6 +40,8 @@ class TrainConfig:
     batch_size: int = 64
     image_size: int = IMAGE_SIZE
     width: int = 24
+    dropout: float = 0.3
+    augment_strength: float = 1.0
     learning_rate: float = 2e-3
     weight_decay: float = 5e-4
     seed: int = 0
@@ -166,7 +168,13 @@ def train(
         model = keras.models.load_model(Path(config.init_model) / MODEL_FILE)
         log(f"fine-tuning from {config.init_model}")
     else:
-        model = build_model(config.image_size, width=config.width, seed=config.seed)
+        model = build_model(
+            config.image_size,
+            width=config.width,
+            dropout=config.dropout,
+            seed=config.seed,
+            augment_strength=config.augment_strength,
+        )
     steps = int(np.ceil(len(x_train) / config.batch_size))
     _compile(model, config, steps)
 
@@ -248,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--image-size", type=int, default=TrainConfig.image_size)
     parser.add_argument("--width", type=int, default=TrainConfig.width)
+    parser.add_argument("--dropout", type=float, default=TrainConfig.dropout)
+    parser.add_argument("--augment-strength", type=float, default=TrainConfig.augment_strength)
     parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
     parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
