@@ -32,8 +32,7 @@ REVIEW_PERMISSION = "diagnoses.add_review"
 
 
 def _is_staff_with(request, perm: str) -> bool:
-    user = request.user
-    return bool(user.is_active and user.is_staff and user.has_perm(perm))
+    return reviews.is_staff_with(request.user, perm)
 
 
 def _can_see_cases(request) -> bool:

@@ -16,9 +16,20 @@ from diagnoses.models import Case, Prediction, Review
 logger = logging.getLogger(__name__)
 
 
+def is_staff_with(user, perm: str | None = None) -> bool:
+    """An active staff member, holding `perm` when one is named."""
+    return bool(
+        user
+        and user.is_authenticated
+        and user.is_active
+        and user.is_staff
+        and (perm is None or user.has_perm(perm))
+    )
+
+
 def require_staff(user) -> None:
     """Reviews, retraining and model activation are for staff only."""
-    if not (user and user.is_authenticated and user.is_active and user.is_staff):
+    if not is_staff_with(user):
         raise PermissionDenied("Only staff members may do this.")
 
 

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from diagnoses import retraining, selectors_staff
 from diagnoses.models import RetrainingJob
+from diagnoses.reviews import is_staff_with
 from diagnoses.staff_forms import RetrainingForm
 
 RECENT_JOBS = 20
@@ -26,8 +27,7 @@ def staff_required(perm: str | None = None):
     def decorator(view):
         @wraps(view)
         def wrapper(request, *args, **kwargs):
-            user = request.user
-            if not (user.is_active and user.is_staff and (perm is None or user.has_perm(perm))):
+            if not is_staff_with(request.user, perm):
                 raise PermissionDenied
             return view(request, *args, **kwargs)
 
