@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from mlcore import data as datasets  # noqa: E402
 from mlcore.inference import Predictor  # noqa: E402
+from mlcore.metrics import roc_auc  # noqa: E402
 
 
 def main() -> None:
@@ -38,10 +39,12 @@ def main() -> None:
     ):
         pixels, labels = datasets.load_arrays(samples, predictor.image_size)
         scores = predictor.probabilities(pixels)
-        normal = scores[labels == 0]
+        normal, sick = scores[labels == 0], scores[labels == 1]
         print(
             f"{name}: {len(normal)} normal images, P(pneumonia) min {normal.min():.2f} "
-            f"median {np.median(normal):.2f} max {normal.max():.2f}"
+            f"median {np.median(normal):.2f} max {normal.max():.2f}; AUC "
+            f"{roc_auc(labels, scores):.4f}; {int((sick >= predictor.threshold).sum())} of "
+            f"{len(sick)} pneumonia images at or above the threshold {predictor.threshold:.3f}"
         )
 
 
