@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mlcore.fastpath import LiteForward  # noqa: E402
 from mlcore.inference import Predictor  # noqa: E402
 from mlcore.preprocess import preprocess_image  # noqa: E402
 
@@ -55,8 +56,9 @@ def forward_variants(model, size: int):
     return {
         "Keras model.predict": lambda x: model.predict(x, verbose=0),
         "Keras eager call": lambda x: model(x, training=False).numpy(),
-        "tf.function": lambda x: traced(tf.constant(x)).numpy(),
+        "tf.function (used for batches)": lambda x: traced(tf.constant(x)).numpy(),
         "tf.function + XLA": lambda x: xla(tf.constant(x)).numpy(),
+        "TensorFlow Lite, XNNPACK (used for one image)": LiteForward(model),
     }
 
 
