@@ -325,12 +325,8 @@ def _run_entrypoint(env, *args, timeout=300) -> subprocess.CompletedProcess:
 
 
 def test_migrate_role_prepares_a_fresh_database_and_check_deploy_passes(tmp_path):
-    model = find_model_dir()
     models = tmp_path / "models"
-    if model is not None:
-        copy_model_dir(model, models)
-    else:
-        models.mkdir()
+    copy_model_dir(find_model_dir(), models)
     env = production_env(
         tmp_path / "var",
         DATABASE_URL=f"sqlite:///{tmp_path / 'app.sqlite3'}",
@@ -340,8 +336,7 @@ def test_migrate_role_prepares_a_fresh_database_and_check_deploy_passes(tmp_path
     proc = _run_entrypoint(env, "migrate")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Applying diagnoses.0001_initial... OK" in proc.stdout
-    if model is not None:
-        assert "Activated model version" in proc.stdout
+    assert "Activated model version" in proc.stdout
     # Idempotent: a second start (every web start runs it) changes nothing.
     proc = _run_entrypoint(env, "migrate")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -356,12 +351,8 @@ def test_migrate_role_prepares_a_fresh_database_and_check_deploy_passes(tmp_path
 @pytest.mark.slow
 def test_web_role_serves_over_gunicorn_with_healthz_static_and_https_redirect(tmp_path):
     """entrypoint.sh web: migrate, ensure_model, gunicorn; production settings."""
-    model = find_model_dir()
     models = tmp_path / "models"
-    if model is not None:
-        copy_model_dir(model, models)
-    else:
-        models.mkdir()
+    copy_model_dir(find_model_dir(), models)
     port = free_port()
     host = "xray.example.org"
     var = tmp_path / "var"
@@ -386,10 +377,7 @@ def test_web_role_serves_over_gunicorn_with_healthz_static_and_https_redirect(tm
         assert {k: data[k] for k in ("database", "broker", "storage")} == dict.fromkeys(
             ("database", "broker", "storage"), "ok"
         )
-        if model is not None:
-            assert (status, data["status"], data["model"]) == (200, "ok", "ok")
-        else:
-            assert (status, data["status"], data["model"]) == (503, "fail", "missing")
+        assert (status, data["status"], data["model"]) == (200, "ok", "ok")
         assert "no-cache" in headers["cache-control"]
 
         # The container healthcheck script agrees (exit 0 only on 200).

@@ -67,29 +67,26 @@ print(json.dumps({
 """
 
 
-def dump_settings(env: dict[str, str]) -> dict:
-    code = "import django; django.setup()\n" + _DUMP_SETTINGS
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def manage(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def python(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run this venv's Python in the repository with `env`, output captured."""
     return subprocess.run(
-        [sys.executable, "manage.py", *args],
+        [sys.executable, *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def dump_settings(env: dict[str, str]) -> dict:
+    proc = python(env, "-c", "import django; django.setup()\n" + _DUMP_SETTINGS, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def manage(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return python(env, "manage.py", *args, timeout=timeout)
 
 
 def production_env(var_dir: Path, **overrides: str) -> dict[str, str]:
@@ -360,15 +357,7 @@ def test_test_database_is_shared_with_other_processes():
         "from django.contrib.auth import get_user_model\n"
         "print(get_user_model().objects.filter(username='shared-db-check').count())\n"
     )
-    env = dict(os.environ, DATABASE_URL=current_database_url())
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = python(dict(os.environ, DATABASE_URL=current_database_url()), "-c", code, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "1"
 
@@ -410,12 +399,5 @@ def test_production_refuses_the_env_example_secret_key(tmp_path):
         "DJANGO_ALLOWED_HOSTS": "example.org",
         "PNEUMOSITE_VAR_DIR": str(tmp_path),
     }
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = manage(env, "check", timeout=120)
     assert result.returncode != 0 and "placeholder" in result.stderr

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
-from fixtures.casedata import NORMAL_SAMPLE
+from fixtures.casedata import NORMAL_SAMPLE, dicom_bytes
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -65,37 +65,11 @@ def _png_seed() -> bytes:
     return out.getvalue()
 
 
-def _dicom_seed() -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    image = _sample_image()
-    image.thumbnail((128, 128))
-    pixels = np.asarray(image, dtype=np.uint16) * 16  # 12-bit
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.Modality = "DX"
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "MRN-1"
-    ds.add_new(0x00091001, "LO", "private vendor data")
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.tobytes()
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
-
-SEEDS = {"jpeg": NORMAL_SAMPLE.read_bytes(), "png": _png_seed(), "dicom": _dicom_seed()}
+SEEDS = {
+    "jpeg": NORMAL_SAMPLE.read_bytes(),
+    "png": _png_seed(),
+    "dicom": dicom_bytes(NORMAL_SAMPLE, max_side=128),
+}
 
 
 # --------------------------------------------------------------------------------------

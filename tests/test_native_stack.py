@@ -99,8 +99,6 @@ def test_stack_login_upload_and_reading(
     tmp_path, postgres_url, redis_url, s3_server, s3_bucket, django_user_model
 ):
     model = find_model_dir()
-    if model is None:
-        pytest.skip("no shipped model (models/*/model.json) to register")
     password = uuid.uuid4().hex
     user = django_user_model.objects.create_user("stack-clinician", password=password)
 
