@@ -95,9 +95,9 @@ def carve_validation(
     return train, validation
 
 
-def _load_one(args: tuple[str, int]) -> np.ndarray:
-    path, size = args
-    return preprocess_image(Path(path).read_bytes(), size)
+def _load_one(args: tuple[str, int, str]) -> np.ndarray:
+    path, size, normalization = args
+    return preprocess_image(Path(path).read_bytes(), size, normalization=normalization)
 
 
 def load_arrays(
@@ -105,6 +105,7 @@ def load_arrays(
     image_size: int = IMAGE_SIZE,
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
+    normalization: str = "equalize",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode and preprocess every sample into (x uint8 [N,S,S,1], y float32 [N]).
 
@@ -114,14 +115,14 @@ def load_arrays(
     labels = np.array([s.label for s in samples], dtype=np.float32)
     cache_file = None
     if cache_dir is not None:
-        key = hashlib.sha256(f"{CACHE_VERSION}|{image_size}".encode())
+        key = hashlib.sha256(f"{CACHE_VERSION}|{image_size}|{normalization}".encode())
         for sample in samples:
             stat = sample.path.stat()
             key.update(f"|{sample.path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
         cache_file = Path(cache_dir) / f"images-{image_size}-{key.hexdigest()[:20]}.npy"
         if cache_file.exists():
             return np.load(cache_file), labels
-    jobs = [(str(s.path), image_size) for s in samples]
+    jobs = [(str(s.path), image_size, normalization) for s in samples]
     workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
     if workers > 1 and len(jobs) > 64:
         # Threads, not processes: Pillow decodes with the GIL released, and a Celery

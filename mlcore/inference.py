@@ -58,6 +58,7 @@ class Predictor:
         self.version = metadata.version
         self.threshold = metadata.threshold
         self.image_size = metadata.image_size
+        self.normalization = metadata.normalization
         self.max_pixels = max_pixels
         self._forward = _compiled_forward(model)
         self._single_forward = lite_forward_or_none(model)
@@ -75,6 +76,12 @@ class Predictor:
             return image
         return decode_image(bytes(image), max_pixels=self.max_pixels)
 
+    def preprocess(self, image: bytes | Image.Image) -> np.ndarray:
+        """The model's input for one image, as training prepared it."""
+        return preprocess_image(
+            image, self.image_size, max_pixels=self.max_pixels, normalization=self.normalization
+        )
+
     def probabilities(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """P(pneumonia) for preprocessed uint8 arrays of shape (N, S, S, 1)."""
         if len(pixels) == 1 and self._single_forward is not None:
@@ -91,13 +98,13 @@ class Predictor:
 
     def predict(self, image: bytes | Image.Image) -> Reading:
         started = time.perf_counter()
-        pixels = preprocess_image(self._as_image(image), self.image_size)[np.newaxis]
+        pixels = self.preprocess(self._as_image(image))[np.newaxis]
         probability = float(self.probabilities(pixels)[0])
         return self._reading(probability, (time.perf_counter() - started) * 1000)
 
     def predict_batch(self, images, batch_size: int = 64) -> list[Reading]:
         started = time.perf_counter()
-        pixels = np.stack([preprocess_image(self._as_image(i), self.image_size) for i in images])
+        pixels = np.stack([self.preprocess(self._as_image(i)) for i in images])
         probabilities = self.probabilities(pixels, batch_size)
         per_image_ms = (time.perf_counter() - started) * 1000 / max(len(images), 1)
         return [self._reading(float(p), per_image_ms) for p in probabilities]
@@ -118,7 +125,7 @@ class Predictor:
 
         started = time.perf_counter()
         image = self._as_image(image)
-        pixels = preprocess_image(image, self.image_size)
+        pixels = self.preprocess(image)
         probability = float(self.probabilities(pixels[np.newaxis])[0])
         reading = self._reading(probability, (time.perf_counter() - started) * 1000)
         if self._gradcam is None:

@@ -20,7 +20,7 @@ from mlcore import data as datasets
 from mlcore.metrics import binary_metrics, pick_threshold
 from mlcore.model import build_model
 from mlcore.plots import plot_history, write_evaluation_plots
-from mlcore.preprocess import IMAGE_SIZE
+from mlcore.preprocess import IMAGE_SIZE, NORMALIZATIONS
 from mlcore.provenance import environment
 from mlcore.serialization import MODEL_FILE, save_model_dir
 
@@ -39,9 +39,11 @@ class TrainConfig:
     epochs: int = 40
     batch_size: int = 64
     image_size: int = IMAGE_SIZE
+    normalization: str = "equalize"
     width: int = 24
     dropout: float = 0.3
     augment_strength: float = 1.0
+    aspect_jitter: float = 0.0
     learning_rate: float = 2e-3
     weight_decay: float = 5e-4
     seed: int = 0
@@ -137,11 +139,17 @@ def load_training_data(config: TrainConfig):
     train_samples = _limit(train_samples, config.limit_per_class, config.seed)
     val_samples = _limit(val_samples, config.limit_per_class, config.seed)
     extra = [datasets.Sample(Path(path), int(label)) for path, label in config.extra_samples]
-    x_train, y_train = datasets.load_arrays(train_samples, config.image_size, config.cache_dir)
+
+    def load(samples, cache_dir=config.cache_dir):
+        return datasets.load_arrays(
+            samples, config.image_size, cache_dir, normalization=config.normalization
+        )
+
+    x_train, y_train = load(train_samples)
     if extra:
-        x_extra, y_extra = datasets.load_arrays(extra, config.image_size)
+        x_extra, y_extra = load(extra, cache_dir=None)
         x_train, y_train = np.concatenate([x_train, x_extra]), np.concatenate([y_train, y_extra])
-    x_val, y_val = datasets.load_arrays(val_samples, config.image_size, config.cache_dir)
+    x_val, y_val = load(val_samples)
     counts = {
         "train": {"normal": int((y_train == 0).sum()), "pneumonia": int((y_train == 1).sum())},
         "validation": {"normal": int((y_val == 0).sum()), "pneumonia": int((y_val == 1).sum())},
@@ -174,6 +182,7 @@ def train(
             dropout=config.dropout,
             seed=config.seed,
             augment_strength=config.augment_strength,
+            aspect_jitter=config.aspect_jitter,
         )
     steps = int(np.ceil(len(x_train) / config.batch_size))
     _compile(model, config, steps)
@@ -234,6 +243,7 @@ def train(
         version=config.version or config.out.name,
         threshold=threshold,
         image_size=config.image_size,
+        normalization=config.normalization,
     )
     (config.out / "train_metrics.json").write_text(json.dumps(report, indent=2))
     (config.out / "history.json").write_text(json.dumps(history.history, indent=1))
@@ -255,9 +265,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--image-size", type=int, default=TrainConfig.image_size)
+    parser.add_argument(
+        "--normalization", choices=NORMALIZATIONS, default=TrainConfig.normalization
+    )
     parser.add_argument("--width", type=int, default=TrainConfig.width)
     parser.add_argument("--dropout", type=float, default=TrainConfig.dropout)
     parser.add_argument("--augment-strength", type=float, default=TrainConfig.augment_strength)
+    parser.add_argument(
+        "--aspect-jitter",
+        type=float,
+        default=TrainConfig.aspect_jitter,
+        help="extra width-only zoom range, so the film's aspect ratio carries no label",
+    )
     parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
     parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)

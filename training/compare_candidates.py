@@ -1,12 +1,18 @@
-"""Compare trained candidates (and their averages) on the validation carve only.
+"""Compare trained candidates (and averages of them) without looking at test/.
 
-python training/compare_candidates.py --data DIR MODEL_DIR [MODEL_DIR ...]
+python training/compare_candidates.py --data DIR MODEL_DIR [...] [--average A,B,C ...]
+
+For each model, and for each `--average` group of model folder names, prints:
+- on the validation carve of train/: AUC, the threshold picked by the training rule
+  (highest with sensitivity >= --min-sensitivity) and specificity/accuracy there;
+- on the 16 images of the official val/ split (the same source as test/): log-loss,
+  the median P(pneumonia) of its 8 normal films and how many of its 8 pneumonia films
+  reach the carve threshold.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 from pathlib import Path
 
@@ -17,32 +23,64 @@ from mlcore.inference import Predictor
 from mlcore.metrics import binary_metrics, pick_threshold
 
 
+def log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
+    p = np.clip(scores, 1e-6, 1 - 1e-6)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+def score_splits(models: list[Path], data: Path, cache_dir: Path):
+    """{model name: (carve scores, val/ scores)}, plus the labels of both splits."""
+    configs = {m: json.loads((m / "train_metrics.json").read_text())["config"] for m in models}
+    carve = {(c["split_seed"], c["val_fraction"]) for c in configs.values()}
+    if len(carve) != 1:
+        raise SystemExit("candidates must share one validation carve")
+    split_seed, fraction = carve.pop()
+    _, carve_samples = datasets.carve_validation(
+        datasets.list_split(data, "train"), fraction=fraction, seed=split_seed
+    )
+    official_val = datasets.list_split(data, "val")
+    scores, labels = {}, {}
+    for model_dir in models:
+        predictor = Predictor.load(model_dir)
+        per_split = []
+        for name, samples in (("carve", carve_samples), ("val", official_val)):
+            pixels, labels[name] = datasets.load_arrays(
+                samples, predictor.image_size, cache_dir, normalization=predictor.normalization
+            )
+            per_split.append(predictor.probabilities(pixels))
+        scores[model_dir.name] = tuple(per_split)
+    return scores, labels
+
+
+def report_line(name: str, carve_scores, val_scores, labels, min_sensitivity: float) -> str:
+    threshold = pick_threshold(labels["carve"], carve_scores, min_sensitivity)
+    m = binary_metrics(labels["carve"], carve_scores, threshold)
+    val_labels = labels["val"]
+    normal_median = float(np.median(val_scores[val_labels == 0]))
+    caught = int((val_scores[val_labels == 1] >= threshold).sum())
+    return (
+        f"{name:32s} carve AUC {m['auc']:.4f} thr {threshold:.3f} spec {m['specificity']:.3f} "
+        f"acc {m['accuracy']:.3f} | val/ log-loss {log_loss(val_labels, val_scores):.3f} "
+        f"normal median {normal_median:.2f} pneumonia caught {caught}/{int(val_labels.sum())}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--cache-dir", type=Path, default=Path("var/cache"))
     parser.add_argument("--min-sensitivity", type=float, default=0.98)
+    parser.add_argument(
+        "--average", action="append", default=[], help="comma-separated model folder names"
+    )
     parser.add_argument("models", type=Path, nargs="+")
     args = parser.parse_args()
-    configs = {m: json.loads((m / "train_metrics.json").read_text())["config"] for m in args.models}
-    carve = {(c["split_seed"], c["val_fraction"]) for c in configs.values()}
-    assert len(carve) == 1, "candidates must share one validation carve"
-    split_seed, fraction = carve.pop()
-    _, validation = datasets.carve_validation(
-        datasets.list_split(args.data, "train"), fraction=fraction, seed=split_seed
-    )
-    pixels, labels = datasets.load_arrays(validation, 224, args.cache_dir)
-    scores = {m.name: Predictor.load(m).probabilities(pixels) for m in args.models}
-    names = sorted(scores)
-    for size in range(1, len(names) + 1):
-        for group in itertools.combinations(names, size):
-            mean = np.mean([scores[n] for n in group], axis=0)
-            threshold = pick_threshold(labels, mean, args.min_sensitivity)
-            m = binary_metrics(labels, mean, threshold)
-            print(
-                f"{'+'.join(group):45s} AUC {m['auc']:.4f} thr {threshold:.3f} "
-                f"sens {m['sensitivity']:.3f} spec {m['specificity']:.3f} acc {m['accuracy']:.3f}"
-            )
+    scores, labels = score_splits(args.models, args.data, args.cache_dir)
+    groups = [[m.name] for m in args.models] + [g.split(",") for g in args.average]
+    for group in groups:
+        carve_scores = np.mean([scores[n][0] for n in group], axis=0)
+        val_scores = np.mean([scores[n][1] for n in group], axis=0)
+        print(report_line("+".join(group), carve_scores, val_scores, labels, args.min_sensitivity))
 
 
 if __name__ == "__main__":

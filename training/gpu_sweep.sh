@@ -6,14 +6,16 @@ set -uo pipefail
 work=/tmp/sweep
 mkdir -p "$work" && tar -xf .gpu/bundle.tar -C "$work"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$work"/whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=torch PYTHONUNBUFFERED=1 OMP_NUM_THREADS=3
+export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=torch PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 data=$work/chest_xray
 out=${OUT:-/tmp/out}
 budget=${SWEEP_SECONDS:-360}
 python3 -c "
 from pathlib import Path
 from mlcore.train import TrainConfig, load_training_data
-load_training_data(TrainConfig(data=Path('$data'), out=Path('/tmp/x'), cache_dir=Path('$work/cache')))
+for normalization in ('equalize', 'clahe'):
+    load_training_data(TrainConfig(data=Path('$data'), out=Path('/tmp/x'),
+                                   cache_dir=Path('$work/cache'), normalization=normalization))
 " || exit 1
 nvidia-smi --query-gpu=name,memory.used --format=csv
 run() {
