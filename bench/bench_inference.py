@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mlcore.fastpath import LiteForward  # noqa: E402
 from mlcore.inference import Predictor  # noqa: E402
-from mlcore.preprocess import preprocess_image  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO.parent / "shared" / "data" / "samples"
@@ -75,7 +74,7 @@ def main() -> None:
     load_s = time.perf_counter() - started
     files = sorted(SAMPLES.glob("*/*.jpeg"))
     blobs = [f.read_bytes() for f in files]
-    single = preprocess_image(blobs[0], predictor.image_size)[np.newaxis].astype(np.float32)
+    single = predictor.preprocess(blobs[0])[np.newaxis].astype(np.float32)
 
     print(
         f"model `{predictor.version}` ({predictor.model.count_params():,} parameters), "
@@ -119,7 +118,7 @@ def main() -> None:
     print(f"\nbatch throughput (preprocessed, batch {args.batch}): {per_second:.0f} images/s")
     started = time.perf_counter()
     for blob in blobs * 3:
-        preprocess_image(blob, predictor.image_size)
+        predictor.preprocess(blob)
     prep_ms = (time.perf_counter() - started) * 1000 / (3 * len(blobs))
     print(f"decode + preprocess of a full-size JPEG: {prep_ms:.1f} ms per image (one core)")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -448,7 +448,16 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "trained_cases",
     )
     list_filter = ("is_active",)
-    fields = ("name", "is_active", "created_at", "threshold", "image_size", "training_info")
+    fields = (
+        "name",
+        "is_active",
+        "created_at",
+        "threshold",
+        "image_size",
+        "normalization",
+        "crop_to_body",
+        "training_info",
+    )
     readonly_fields = fields
     actions = ("activate_selected",)
 

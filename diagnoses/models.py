@@ -8,6 +8,9 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from mlcore.preprocess import NORMALIZATIONS, Preprocessing
+from mlcore.serialization import ModelMetadata
+
 
 def _random_path(prefix: str, extension: str) -> str:
     # Never derived from the user's filename: it may contain patient names.
@@ -39,6 +42,11 @@ class ModelVersion(models.Model):
     model_file = models.FileField(upload_to=model_file_upload_to, max_length=300)
     threshold = models.FloatField()
     image_size = models.PositiveIntegerField()
+    # How inputs are prepared (mlcore.preprocess.Preprocessing); defaults = the first models.
+    normalization = models.CharField(
+        max_length=20, default="equalize", choices=[(name, name) for name in NORMALIZATIONS]
+    )
+    crop_to_body = models.BooleanField(default=False)
     metrics = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     is_active = models.BooleanField(default=False)
@@ -64,6 +72,23 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @classmethod
+    def from_metadata(cls, metadata: ModelMetadata, **fields) -> ModelVersion:
+        """An unsaved version described by a model folder's model.json."""
+        return cls(
+            name=metadata.version,
+            threshold=metadata.threshold,
+            image_size=metadata.preprocessing.size,
+            normalization=metadata.preprocessing.normalization,
+            crop_to_body=metadata.preprocessing.crop_to_body,
+            **fields,
+        )
+
+    def metadata(self) -> ModelMetadata:
+        """The model.json this version's model.keras needs to be served as it was trained."""
+        preprocessing = Preprocessing(self.image_size, self.normalization, self.crop_to_body)
+        return ModelMetadata(self.name, self.threshold, preprocessing)
 
 
 class Case(models.Model):

@@ -52,11 +52,7 @@ def ensure_local_model_dir(model_version: ModelVersion) -> Path:
     if not SAFE_NAME.fullmatch(model_version.name):
         raise ValueError(f"unsafe model version name for a cache folder: {model_version.name!r}")
     target = Path(settings.PNEUMOSITE_MODEL_CACHE_DIR) / model_version.name
-    metadata = {
-        "version": model_version.name,
-        "threshold": model_version.threshold,
-        "image_size": model_version.image_size,
-    }
+    metadata = model_version.metadata().as_dict()
     if _is_complete(target, metadata):
         return target
     # Built in a private folder and renamed into place, so that concurrent workers never

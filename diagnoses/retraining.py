@@ -10,7 +10,6 @@ staff member activates it (activate_version).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
@@ -29,6 +28,7 @@ from django.utils import timezone
 from diagnoses import selectors_staff, services
 from diagnoses.models import Case, ModelVersion, RetrainingJob, Review
 from diagnoses.reviews import require_staff
+from mlcore.serialization import ModelMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -393,7 +393,13 @@ def _train_evaluate_register(
         base = job.base_version
         if base is None:
             raise RuntimeError("The model version to fine-tune no longer exists.")
-        config_kwargs.update(init_model=ensure_local_model_dir(base), image_size=base.image_size)
+        preprocessing = base.metadata().preprocessing
+        config_kwargs.update(
+            init_model=ensure_local_model_dir(base),
+            image_size=preprocessing.size,
+            normalization=preprocessing.normalization,
+            crop_to_body=preprocessing.crop_to_body,
+        )
         reporter.log(f"fine-tuning {base.name}")
     name = f"{'ft' if job.mode == Mode.FINE_TUNE else 'scratch'}-job{job.pk}-" + (
         timezone.now().strftime("%Y%m%d-%H%M%S")
@@ -467,11 +473,8 @@ def register_retrained_version(
 ) -> ModelVersion:
     """Store the model and plots, then in ONE transaction create the (inactive) version and
     mark the job succeeded; stored files are removed again if anything fails."""
-    metadata = json.loads((model_dir / "model.json").read_text())
-    version = ModelVersion(
-        name=str(metadata["version"]),
-        threshold=float(metadata["threshold"]),
-        image_size=int(metadata["image_size"]),
+    version = ModelVersion.from_metadata(
+        ModelMetadata.read(model_dir),
         is_active=False,
         validation_metrics=train_report["metrics"],
         test_metrics=test_report["metrics"],

@@ -23,6 +23,7 @@ from diagnoses.imaging import (
     validate_upload,
 )
 from diagnoses.models import Case, ModelVersion, Prediction
+from mlcore.serialization import ModelMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -260,13 +261,10 @@ def _read_report(path: Path) -> dict:
 
 def register_model_dir(model_dir: Path) -> ModelVersion:
     """Register a shipped model folder (model.json, model.keras, metrics and plots)."""
-    metadata = json.loads((model_dir / "model.json").read_text())
     trained = _read_report(model_dir / "train_metrics.json")
     tested = _read_report(model_dir / "test_metrics.json")
-    model_version = ModelVersion(
-        name=str(metadata["version"]),
-        threshold=float(metadata["threshold"]),
-        image_size=int(metadata["image_size"]),
+    model_version = ModelVersion.from_metadata(
+        ModelMetadata.read(model_dir),
         validation_metrics=trained.get("metrics", {}),
         test_metrics=tested.get("metrics", {}),
         metrics={"data": trained.get("data", {}), "training": trained.get("training", {})},
@@ -301,7 +299,7 @@ def ensure_models(models_dir: Path | None = None) -> tuple[list[ModelVersion], M
     known = set(ModelVersion.objects.values_list("name", flat=True))
     registered = []
     for model_dir in model_dirs(models_dir):
-        name = str(json.loads((model_dir / "model.json").read_text())["version"])
+        name = ModelMetadata.read(model_dir).version
         if name not in known:
             registered.append(register_model_dir(model_dir))
             known.add(name)

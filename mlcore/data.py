@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mlcore.preprocess import IMAGE_SIZE, preprocess_image
+from mlcore.preprocess import Preprocessing
 
 LABELS = ("NORMAL", "PNEUMONIA")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm"}
 STRETCHED_COPY_SIZE = (224, 224)
-CACHE_VERSION = "1"  # bump when preprocess_image changes
+CACHE_VERSION = "2"  # bump when preprocess_image changes
+DEFAULT_PREPROCESSING = Preprocessing()
 
 _PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
 _IM = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE)
@@ -95,17 +96,16 @@ def carve_validation(
     return train, validation
 
 
-def _load_one(args: tuple[str, int, str]) -> np.ndarray:
-    path, size, normalization = args
-    return preprocess_image(Path(path).read_bytes(), size, normalization=normalization)
+def _load_one(args: tuple[str, Preprocessing]) -> np.ndarray:
+    path, preprocessing = args
+    return preprocessing(Path(path).read_bytes())
 
 
 def load_arrays(
     samples: Sequence[Sample],
-    image_size: int = IMAGE_SIZE,
+    preprocessing: Preprocessing = DEFAULT_PREPROCESSING,
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
-    normalization: str = "equalize",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode and preprocess every sample into (x uint8 [N,S,S,1], y float32 [N]).
 
@@ -115,14 +115,14 @@ def load_arrays(
     labels = np.array([s.label for s in samples], dtype=np.float32)
     cache_file = None
     if cache_dir is not None:
-        key = hashlib.sha256(f"{CACHE_VERSION}|{image_size}|{normalization}".encode())
+        key = hashlib.sha256(f"{CACHE_VERSION}|{preprocessing}".encode())
         for sample in samples:
             stat = sample.path.stat()
             key.update(f"|{sample.path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-        cache_file = Path(cache_dir) / f"images-{image_size}-{key.hexdigest()[:20]}.npy"
+        cache_file = Path(cache_dir) / f"images-{preprocessing.size}-{key.hexdigest()[:20]}.npy"
         if cache_file.exists():
             return np.load(cache_file), labels
-    jobs = [(str(s.path), image_size, normalization) for s in samples]
+    jobs = [(str(s.path), preprocessing) for s in samples]
     workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
     if workers > 1 and len(jobs) > 64:
         # Threads, not processes: Pillow decodes with the GIL released, and a Celery
@@ -131,7 +131,8 @@ def load_arrays(
             arrays = list(pool.map(_load_one, jobs))
     else:
         arrays = [_load_one(job) for job in jobs]
-    images = np.stack(arrays) if arrays else np.zeros((0, image_size, image_size, 1), np.uint8)
+    size = preprocessing.size
+    images = np.stack(arrays) if arrays else np.zeros((0, size, size, 1), np.uint8)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         partial = cache_file.with_suffix(".tmp.npy")

@@ -28,9 +28,7 @@ def evaluate(
 ) -> dict:
     predictor = Predictor.load(model_dir)
     samples = datasets.list_split(data_root, split)
-    pixels, labels = datasets.load_arrays(
-        samples, predictor.image_size, cache_dir, normalization=predictor.normalization
-    )
+    pixels, labels = datasets.load_arrays(samples, predictor.preprocessing, cache_dir)
     started = time.perf_counter()
     scores = predictor.probabilities(pixels)
     seconds = time.perf_counter() - started

@@ -50,13 +50,30 @@ class LiteForward:
             return self._interpreter.get_tensor(self._output).copy()
 
 
-def lite_forward_or_none(model) -> LiteForward | None:
+def lite_forward_or_none(model, tolerance: float = 1e-4) -> LiteForward | None:
+    """The Lite forward pass if it gives Keras' answer on a probe image, else None.
+
+    The check is not a formality: the converter has produced NaN for some graphs (a
+    network built without its augmentation layers, for one) while Keras was right.
+    """
     import keras
 
     if keras.backend.backend() != "tensorflow":
         return None
     try:
-        return LiteForward(model)
+        lite = LiteForward(model)
     except Exception:  # noqa: BLE001 - any conversion problem: use the traced function
         logger.warning("TensorFlow Lite conversion failed; using tf.function", exc_info=True)
         return None
+    size = model.input_shape[1]
+    probe = np.random.default_rng(0).integers(0, 256, (1, size, size, 1)).astype(np.float32)
+    expected = np.asarray(model(probe, training=False))
+    got = lite(probe)
+    if not np.all(np.abs(got - expected) <= tolerance):  # also false for NaN
+        logger.warning(
+            "TensorFlow Lite output %s differs from Keras %s; using tf.function",
+            got.ravel(),
+            expected.ravel(),
+        )
+        return None
+    return lite

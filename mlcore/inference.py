@@ -15,7 +15,6 @@ from PIL import Image
 
 from mlcore.fastpath import lite_forward_or_none
 from mlcore.imageio import DEFAULT_MAX_PIXELS, decode_image
-from mlcore.preprocess import preprocess_image
 from mlcore.serialization import MODEL_FILE, ModelMetadata
 
 LABEL_PNEUMONIA = "pneumonia"
@@ -57,8 +56,8 @@ class Predictor:
         self.model = model
         self.version = metadata.version
         self.threshold = metadata.threshold
+        self.preprocessing = metadata.preprocessing
         self.image_size = metadata.image_size
-        self.normalization = metadata.normalization
         self.max_pixels = max_pixels
         self._forward = _compiled_forward(model)
         self._single_forward = lite_forward_or_none(model)
@@ -78,9 +77,7 @@ class Predictor:
 
     def preprocess(self, image: bytes | Image.Image) -> np.ndarray:
         """The model's input for one image, as training prepared it."""
-        return preprocess_image(
-            image, self.image_size, max_pixels=self.max_pixels, normalization=self.normalization
-        )
+        return self.preprocessing(image, self.max_pixels)
 
     def probabilities(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """P(pneumonia) for preprocessed uint8 arrays of shape (N, S, S, 1)."""

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlcore.preprocess import Preprocessing
+
 MODEL_FILE = "model.keras"
 METADATA_FILE = "model.json"
 
@@ -14,38 +16,47 @@ METADATA_FILE = "model.json"
 class ModelMetadata:
     version: str
     threshold: float
-    image_size: int
-    normalization: str = "equalize"  # models saved before CLAHE existed have no such key
+    preprocessing: Preprocessing
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.size
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ModelMetadata:
+        return cls(
+            version=str(raw["version"]),
+            threshold=float(raw["threshold"]),
+            # Models saved before these options existed have no such keys.
+            preprocessing=Preprocessing(
+                size=int(raw["image_size"]),
+                normalization=raw.get("normalization", "equalize"),
+                crop_to_body=bool(raw.get("crop_to_body", False)),
+            ),
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "version": self.version,
+            "threshold": self.threshold,
+            "image_size": self.preprocessing.size,
+            "normalization": self.preprocessing.normalization,
+            "crop_to_body": self.preprocessing.crop_to_body,
+        }
 
     @classmethod
     def read(cls, model_dir: str | Path) -> ModelMetadata:
-        raw = json.loads((Path(model_dir) / METADATA_FILE).read_text())
-        return cls(
-            version=raw["version"],
-            threshold=float(raw["threshold"]),
-            image_size=int(raw["image_size"]),
-            normalization=raw.get("normalization", "equalize"),
-        )
+        return cls.from_dict(json.loads((Path(model_dir) / METADATA_FILE).read_text()))
+
+    def write(self, model_dir: str | Path) -> None:
+        (Path(model_dir) / METADATA_FILE).write_text(json.dumps(self.as_dict(), indent=2) + "\n")
 
 
-def save_model_dir(
-    model,
-    out: Path,
-    version: str,
-    threshold: float,
-    image_size: int,
-    normalization: str = "equalize",
-) -> None:
+def save_model_dir(model, out: Path, metadata: ModelMetadata) -> None:
     """Save weights and architecture only: the optimizer state would triple the file size."""
     import keras
 
     out.mkdir(parents=True, exist_ok=True)
     uncompiled = keras.Model(model.inputs, model.outputs, name=model.name)  # shares the weights
     uncompiled.save(out / MODEL_FILE)
-    metadata = {
-        "version": version,
-        "threshold": threshold,
-        "image_size": image_size,
-        "normalization": normalization,
-    }
-    (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    metadata.write(out)

@@ -20,9 +20,9 @@ from mlcore import data as datasets
 from mlcore.metrics import binary_metrics, pick_threshold
 from mlcore.model import build_model
 from mlcore.plots import plot_history, write_evaluation_plots
-from mlcore.preprocess import IMAGE_SIZE, NORMALIZATIONS
+from mlcore.preprocess import IMAGE_SIZE, NORMALIZATIONS, Preprocessing
 from mlcore.provenance import environment
-from mlcore.serialization import MODEL_FILE, save_model_dir
+from mlcore.serialization import MODEL_FILE, ModelMetadata, save_model_dir
 
 EpochCallback = Callable[[int, int, dict], None]
 
@@ -40,6 +40,7 @@ class TrainConfig:
     batch_size: int = 64
     image_size: int = IMAGE_SIZE
     normalization: str = "equalize"
+    crop_to_body: bool = False
     width: int = 24
     dropout: float = 0.3
     augment_strength: float = 1.0
@@ -55,6 +56,10 @@ class TrainConfig:
     max_seconds: float | None = None
     cache_dir: Path | None = None
     extra_samples: Sequence[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.image_size, self.normalization, self.crop_to_body)
 
 
 def _limit(
@@ -140,16 +145,12 @@ def load_training_data(config: TrainConfig):
     val_samples = _limit(val_samples, config.limit_per_class, config.seed)
     extra = [datasets.Sample(Path(path), int(label)) for path, label in config.extra_samples]
 
-    def load(samples, cache_dir=config.cache_dir):
-        return datasets.load_arrays(
-            samples, config.image_size, cache_dir, normalization=config.normalization
-        )
-
-    x_train, y_train = load(train_samples)
+    preprocessing = config.preprocessing
+    x_train, y_train = datasets.load_arrays(train_samples, preprocessing, config.cache_dir)
     if extra:
-        x_extra, y_extra = load(extra, cache_dir=None)
+        x_extra, y_extra = datasets.load_arrays(extra, preprocessing)
         x_train, y_train = np.concatenate([x_train, x_extra]), np.concatenate([y_train, y_extra])
-    x_val, y_val = load(val_samples)
+    x_val, y_val = datasets.load_arrays(val_samples, preprocessing, config.cache_dir)
     counts = {
         "train": {"normal": int((y_train == 0).sum()), "pneumonia": int((y_train == 1).sum())},
         "validation": {"normal": int((y_val == 0).sum()), "pneumonia": int((y_val == 1).sum())},
@@ -240,10 +241,7 @@ def train(
     save_model_dir(
         model,
         config.out,
-        version=config.version or config.out.name,
-        threshold=threshold,
-        image_size=config.image_size,
-        normalization=config.normalization,
+        ModelMetadata(config.version or config.out.name, threshold, config.preprocessing),
     )
     (config.out / "train_metrics.json").write_text(json.dumps(report, indent=2))
     (config.out / "history.json").write_text(json.dumps(history.history, indent=1))
@@ -267,6 +265,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=TrainConfig.image_size)
     parser.add_argument(
         "--normalization", choices=NORMALIZATIONS, default=TrainConfig.normalization
+    )
+    parser.add_argument(
+        "--crop-to-body",
+        action="store_true",
+        help="cut the black margins around the patient before resizing",
     )
     parser.add_argument("--width", type=int, default=TrainConfig.width)
     parser.add_argument("--dropout", type=float, default=TrainConfig.dropout)

@@ -193,6 +193,36 @@ def test_ensure_model_registers_new_folders_without_changing_the_active_one(
     assert ModelVersion.objects.get(is_active=True) == active_model
 
 
+def test_a_models_preprocessing_survives_registration_and_the_worker_cache(
+    active_model, model_dir, settings
+):
+    """A model trained with other preprocessing options is served with those options."""
+    from diagnoses.predictors import ensure_local_model_dir
+
+    folder = Path(settings.PNEUMOSITE_MODELS_DIR) / "v-cropped"
+    folder.mkdir()
+    (folder / "model.keras").symlink_to(model_dir / "model.keras")
+    written = {
+        "version": "v-cropped",
+        "threshold": 0.4,
+        "image_size": 224,
+        "normalization": "clahe",
+        "crop_to_body": True,
+    }
+    (folder / "model.json").write_text(json.dumps(written))
+    call_command("ensure_model", stdout=io.StringIO())
+    registered = ModelVersion.objects.get(name="v-cropped")
+    assert (registered.normalization, registered.crop_to_body) == ("clahe", True)
+    local = ensure_local_model_dir(registered)
+    assert json.loads((local / "model.json").read_text()) == written
+    assert (
+        json.loads((ensure_local_model_dir(active_model) / "model.json").read_text())[
+            "crop_to_body"
+        ]
+        is False
+    )
+
+
 def test_activate_model_version_keeps_exactly_one_active(active_model):
     other = ModelVersion.objects.create(
         name="other", model_file=active_model.model_file.name, threshold=0.5, image_size=224

@@ -32,8 +32,8 @@ def dataset_root():
 
 def test_training_and_serving_preprocess_identically(predictor):
     samples = [datasets.Sample(path, 0) for path in sample_files()]
-    cached, _ = datasets.load_arrays(samples, predictor.image_size)
-    served = np.stack([preprocess_image(s.path.read_bytes()) for s in samples])
+    cached, _ = datasets.load_arrays(samples, predictor.preprocessing)
+    served = np.stack([predictor.preprocess(s.path.read_bytes()) for s in samples])
     assert np.array_equal(cached, served)
     readings = predictor.predict_batch([s.path.read_bytes() for s in samples])
     probabilities = predictor.probabilities(cached)
@@ -41,7 +41,7 @@ def test_training_and_serving_preprocess_identically(predictor):
 
 
 def test_fast_path_matches_keras_predict(predictor):
-    pixels = np.stack([preprocess_image(p.read_bytes()) for p in sample_files()])
+    pixels = np.stack([predictor.preprocess(p.read_bytes()) for p in sample_files()])
     reference = predictor.model.predict(pixels.astype(np.float32), verbose=0).ravel()
     fast = [predictor.predict(p.read_bytes()).probability for p in sample_files()]
     assert np.max(np.abs(np.array(fast) - reference)) < 1e-4
@@ -81,15 +81,26 @@ def test_short_training_run_lowers_the_loss_and_writes_every_artefact(dataset_ro
     keras.backend.clear_session()
     epochs_seen = []
     config = TrainConfig(
-        data=dataset_root, out=tmp_path / "m", epochs=3, batch_size=16, limit_per_class=24,
-        width=16, learning_rate=3e-3,
+        data=dataset_root,
+        out=tmp_path / "m",
+        epochs=3,
+        batch_size=16,
+        limit_per_class=24,
+        width=16,
+        learning_rate=3e-3,
     )
     report = train(config, on_epoch=lambda i, n, logs: epochs_seen.append(i), log=lambda _: None)
     history = json.loads((config.out / "history.json").read_text())
     assert history["loss"][-1] < history["loss"][0]
     assert epochs_seen == [1, 2, 3]
-    for name in ("model.keras", "model.json", "train_metrics.json", "training.png",
-                 "validation_roc.png", "validation_confusion.png"):
+    for name in (
+        "model.keras",
+        "model.json",
+        "train_metrics.json",
+        "training.png",
+        "validation_roc.png",
+        "validation_confusion.png",
+    ):
         assert (config.out / name).stat().st_size > 0, name
     assert 0.0 <= report["metrics"]["auc"] <= 1.0
     assert report["environment"]["keras"] == keras.__version__
@@ -100,8 +111,19 @@ def test_short_training_run_lowers_the_loss_and_writes_every_artefact(dataset_ro
 def test_cancelled_training_writes_no_model(dataset_root, tmp_path):
     from mlcore.train import TrainingCancelled
 
-    config = TrainConfig(data=dataset_root, out=tmp_path / "m", epochs=2, batch_size=16,
-                         limit_per_class=16, width=16)
+    config = TrainConfig(
+        data=dataset_root, out=tmp_path / "m", epochs=2, batch_size=16, limit_per_class=16, width=16
+    )
     with pytest.raises(TrainingCancelled):
         train(config, should_stop=lambda: True, log=lambda _: None)
     assert not (config.out / "model.keras").exists()
+
+
+def test_fast_path_is_dropped_when_it_disagrees_with_keras(predictor, monkeypatch):
+    from mlcore import fastpath
+
+    assert fastpath.lite_forward_or_none(predictor.model) is not None
+    monkeypatch.setattr(
+        fastpath.LiteForward, "__call__", lambda self, batch: batch[:, :1, 0, 0] * 0 + np.nan
+    )
+    assert fastpath.lite_forward_or_none(predictor.model) is None

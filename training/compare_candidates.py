@@ -44,9 +44,7 @@ def score_splits(models: list[Path], data: Path, cache_dir: Path):
         predictor = Predictor.load(model_dir)
         per_split = []
         for name, samples in (("carve", carve_samples), ("val", official_val)):
-            pixels, labels[name] = datasets.load_arrays(
-                samples, predictor.image_size, cache_dir, normalization=predictor.normalization
-            )
+            pixels, labels[name] = datasets.load_arrays(samples, predictor.preprocessing, cache_dir)
             per_split.append(predictor.probabilities(pixels))
         scores[model_dir.name] = tuple(per_split)
     return scores, labels

@@ -37,9 +37,7 @@ def main() -> None:
         ("validation carve", carve),
         ("official val/", datasets.list_split(args.data, "val")),
     ):
-        pixels, labels = datasets.load_arrays(
-            samples, predictor.image_size, normalization=predictor.normalization
-        )
+        pixels, labels = datasets.load_arrays(samples, predictor.preprocessing)
         scores = predictor.probabilities(pixels)
         normal, sick = scores[labels == 0], scores[labels == 1]
         print(

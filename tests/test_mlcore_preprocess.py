@@ -1,0 +1,85 @@
+"""Preprocessing options: CLAHE, cropping to the body, and their record in model.json."""
+
+import numpy as np
+import pytest
+from mlcore_support import sample_files
+from PIL import Image, ImageDraw
+
+from mlcore.inference import Predictor
+from mlcore.model import build_model
+from mlcore.preprocess import Preprocessing, body_box, clahe, preprocess_image
+from mlcore.serialization import ModelMetadata, save_model_dir
+
+
+def film_with_margins() -> Image.Image:
+    """A grey 'patient' in the middle of a black film, with a bright side marker."""
+    film = Image.new("L", (400, 300), 0)
+    draw = ImageDraw.Draw(film)
+    draw.rectangle((100, 40, 299, 259), fill=170)  # the body: columns 100-299, rows 40-259
+    draw.ellipse((160, 80, 200, 220), fill=60)  # a dark lung inside it
+    draw.rectangle((10, 10, 25, 30), fill=255)  # an "R" marker in the margin
+    return film
+
+
+def test_body_box_bounds_the_patient_and_ignores_markers():
+    left, top, right, bottom = body_box(film_with_margins())
+    assert 85 <= left <= 100 and 290 <= right <= 315
+    assert 30 <= top <= 40 and 259 <= bottom <= 275
+
+
+@pytest.mark.parametrize(
+    "film",
+    [Image.new("L", (300, 300), 0), Image.new("L", (300, 300), 255), Image.new("L", (8, 8), 90)],
+    ids=["black", "white", "tiny"],
+)
+def test_body_box_keeps_the_whole_film_when_there_is_no_body(film):
+    assert body_box(film) is None
+    assert preprocess_image(film, crop_to_body=True).shape == (224, 224, 1)
+
+
+def test_crop_to_body_removes_the_margins_effect():
+    film = film_with_margins()
+    tighter = film.crop((80, 20, 320, 280))  # the same patient with less margin
+
+    def change(preprocessing: Preprocessing) -> float:
+        return np.abs(preprocessing(film).astype(int) - preprocessing(tighter).astype(int)).mean()
+
+    assert change(Preprocessing(crop_to_body=True)) < change(Preprocessing()) / 4
+
+
+def test_clahe_raises_local_contrast_within_its_limit_and_keeps_flat_films_flat():
+    texture = np.random.default_rng(0).integers(100, 141, (224, 224)).astype(np.uint8)
+    out = clahe(texture)
+    assert out.dtype == np.uint8 and out.shape == texture.shape
+    assert 1.8 * texture.std() < out.std() < 4 * texture.std()  # the clip limit caps the gain
+    assert len(np.unique(clahe(np.full((64, 64), 77, np.uint8)))) == 1
+
+
+def test_clahe_blends_tiles_without_seams():
+    ramp = np.tile(np.linspace(0, 255, 224).astype(np.uint8), (224, 1))
+    assert np.all(np.diff(clahe(ramp).astype(int), axis=1) >= 0)
+
+
+def test_unknown_normalization_is_refused():
+    with pytest.raises(ValueError, match="unknown normalization"):
+        preprocess_image(Image.new("L", (64, 64)), normalization="gamma")
+
+
+def test_model_json_records_the_preprocessing_and_old_files_read_as_defaults(tmp_path):
+    preprocessing = Preprocessing(size=96, normalization="clahe", crop_to_body=True)
+    ModelMetadata("v1", 0.4, preprocessing).write(tmp_path)
+    assert ModelMetadata.read(tmp_path).preprocessing == preprocessing
+    (tmp_path / "model.json").write_text('{"version": "v0", "threshold": 0.5, "image_size": 224}')
+    assert ModelMetadata.read(tmp_path).preprocessing == Preprocessing()
+
+
+def test_predictor_serves_with_the_preprocessing_the_model_was_trained_with(tmp_path):
+    preprocessing = Preprocessing(size=64, normalization="clahe", crop_to_body=True)
+    model = build_model(64, width=16, augment=False, seed=0)
+    save_model_dir(model, tmp_path, ModelMetadata("tiny", 0.5, preprocessing))
+    predictor = Predictor.load(tmp_path)
+    blob = sample_files()[0].read_bytes()
+    assert np.array_equal(predictor.preprocess(blob), preprocessing(blob))
+    assert not np.array_equal(predictor.preprocess(blob), Preprocessing(size=64)(blob))
+    expected = model.predict(preprocessing(blob)[np.newaxis].astype(np.float32), verbose=0)
+    assert abs(predictor.predict(blob).probability - float(expected[0, 0])) < 1e-4

@@ -1,0 +1,74 @@
+"""How much a model's scores move when the same films are framed tighter or looser.
+
+    python training/framing_sensitivity.py --model models/NAME [--data DIR]
+
+Each film is zoomed about its centre before preprocessing (factor > 1 crops tighter, < 1 adds a
+black margin) and scored again, on the validation carve and on the official val/ split.
+Large moves mean the model reads the chest's size in the frame, not only the lungs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mlcore import data as datasets  # noqa: E402
+from mlcore.imageio import decode_image, to_grayscale_8bit  # noqa: E402
+from mlcore.inference import Predictor  # noqa: E402
+
+ZOOMS = (0.8, 0.9, 1.0, 1.1, 1.2)
+
+
+def zoom(image: Image.Image, factor: float) -> Image.Image:
+    """The film framed `factor` times tighter (> 1: centre crop; < 1: a black margin)."""
+    width, height = round(image.width / factor), round(image.height / factor)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    if factor >= 1:
+        return image.crop((left, top, left + width, top + height))
+    canvas = Image.new("L", (width, height), 0)
+    canvas.paste(image, (-left, -top))
+    return canvas
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/chest_xray")
+    args = parser.parse_args()
+    predictor = Predictor.load(args.model)
+    config = json.loads((args.model / "train_metrics.json").read_text())["config"]
+    _, carve = datasets.carve_validation(
+        datasets.list_split(args.data, "train"), config["val_fraction"], config["split_seed"]
+    )
+    print(
+        f"threshold {predictor.threshold:.3f}; per zoom: median P(pneumonia) of normal films "
+        "(share at or above the threshold) / of pneumonia films"
+    )
+    for name, samples in (
+        ("validation carve", carve),
+        ("official val/", datasets.list_split(args.data, "val")),
+    ):
+        films = [to_grayscale_8bit(decode_image(s.path.read_bytes())) for s in samples]
+        labels = np.array([s.label for s in samples])
+        cells = []
+        for factor in ZOOMS:
+            pixels = np.stack([predictor.preprocess(zoom(film, factor)) for film in films])
+            scores = predictor.probabilities(pixels)
+            normal, sick = scores[labels == 0], scores[labels == 1]
+            flagged = (normal >= predictor.threshold).mean()
+            cells.append(
+                f"x{factor}: {np.median(normal):.2f} ({flagged:.0%}) / {np.median(sick):.2f}"
+            )
+        print(f"{name:17s} " + "  ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
