@@ -49,11 +49,22 @@ def percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def input_steps(config: dict) -> str:
+    steps = []
+    if config.get("crop_to_body"):
+        steps.append("black margins around the patient cut off")
+    steps.append("stretched to a square")
+    normalization = config.get("normalization", "equalize")
+    steps.append("CLAHE-equalised" if normalization == "clahe" else "histogram-equalised")
+    return ", ".join(steps)
+
+
 def model_card(model_dir: Path) -> str:
     trained = json.loads((model_dir / "train_metrics.json").read_text())
     test = json.loads((model_dir / "test_metrics.json").read_text())
     val, tst = trained["metrics"], test["metrics"]
     config, data, env = trained["config"], trained["data"], test["environment"]
+    size = config["image_size"]
     (tn, fp), (fn, tp) = tst["confusion_matrix"]["values"]
     rows = "\n".join(
         f"| {name} | {fmt(val[key])} | {fmt(tst[key])} |"
@@ -89,8 +100,8 @@ Data: Mendeley Data v2, doi:10.17632/rscbjbr9sj.2, licence CC BY 4.0 (a resized 
   evaluated once, after every choice was made on validation.
 
 ## Recipe
-Small residual CNN (`mlcore/model.py`, width {config["width"]}, {{params}} parameters) on 224x224
-grayscale input, stretched (not cropped) and histogram-equalised (`mlcore/preprocess.py`).
+Small residual CNN (`mlcore/model.py`, width {config["width"]}, {{params}} parameters) on
+{size}x{size} grayscale input (`mlcore/preprocess.py`): {input_steps(config)}.
 Augmentation: rotation, zoom, shift, contrast, brightness, Gaussian blur and noise; no
 horizontal flip. AdamW (weight decay {config["weight_decay"]}), cosine learning-rate schedule,
 label smoothing 0.05, balanced class weights, checkpoint with the lowest validation loss.
@@ -118,6 +129,7 @@ Test confusion matrix (rows true, columns predicted):
 - The validation carve flatters: it comes from the same pool as training, and test/ is harder.
 - Bacterial and viral pneumonia are one class; the model does not tell them apart.
 - Grad-CAM heatmaps show what drove the score, not where the disease is.
+- Framing can change the reading: check it with `training/framing_sensitivity.py`.
 
 Evaluated with Keras {env["keras"]} ({env["keras_backend"]}), Python {env["python"]},
 git commit `{env["git_commit"]}`.
