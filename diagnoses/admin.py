@@ -209,6 +209,7 @@ class CaseAdmin(admin.ModelAdmin):
         "original_filename",
         "image_format",
         "dimensions",
+        "body_share",
         "note",
     )
     readonly_fields = fields

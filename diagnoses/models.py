@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from mlcore.framing import is_unusually_framed
 from mlcore.preprocess import NORMALIZATIONS, Preprocessing
 from mlcore.serialization import ModelMetadata
 
@@ -110,6 +111,8 @@ class Case(models.Model):
     image_format = models.CharField(max_length=8, choices=ImageFormat.choices)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
+    # Share of the film the patient fills (mlcore.framing); null for cases uploaded before.
+    body_share = models.FloatField(null=True, blank=True)
     display_image = models.FileField(upload_to=display_upload_to, max_length=300)
     thumbnail = models.FileField(upload_to=thumbnail_upload_to, max_length=300)
 
@@ -118,6 +121,10 @@ class Case(models.Model):
 
     def __str__(self) -> str:
         return f"Case {self.pk}" + (f" ({self.reference})" if self.reference else "")
+
+    @property
+    def is_unusually_framed(self) -> bool:
+        return self.body_share is not None and is_unusually_framed(self.body_share)
 
 
 class Prediction(models.Model):

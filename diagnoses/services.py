@@ -23,6 +23,7 @@ from diagnoses.imaging import (
     validate_upload,
 )
 from diagnoses.models import Case, ModelVersion, Prediction
+from mlcore.framing import body_share
 from mlcore.serialization import ModelMetadata
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def create_case(
         image_format=validated.image_format,
         width=validated.image.width,
         height=validated.image.height,
+        body_share=body_share(validated.image),
     )
     try:
         case.original.save("original", ContentFile(validated.stored_bytes), save=False)

@@ -258,6 +258,28 @@ def test_case_page_while_queued_polls_the_status(staff_client, staff_user, activ
     assert status["reading"] is None
 
 
+def test_case_page_warns_about_a_film_padded_with_black_margins(
+    staff_client, staff_user, active_model
+):
+    film = Image.open(NORMAL_SAMPLE).convert("L")
+    padded = Image.new("L", (round(film.width * 1.25), round(film.height * 1.25)), 0)
+    padded.paste(film, ((padded.width - film.width) // 2, (padded.height - film.height) // 2))
+    buffer = io.BytesIO()
+    padded.save(buffer, format="PNG")
+    padded_case = services.create_case(
+        validated=validate_bytes(buffer.getvalue()),
+        original_filename="padded.png",
+        uploaded_by=staff_user,
+    )
+    plain_case = make_case(staff_user)
+    assert plain_case.body_share > 0.8 and not plain_case.is_unusually_framed
+    assert padded_case.body_share < 0.65 and padded_case.is_unusually_framed
+    assert 'id="framing-warning"' in staff_client.get(f"/cases/{padded_case.pk}/").content.decode()
+    assert (
+        'id="framing-warning"' not in staff_client.get(f"/cases/{plain_case.pk}/").content.decode()
+    )
+
+
 def test_case_page_shows_the_reading_and_heatmap_when_done(
     staff_client,
     staff_user,

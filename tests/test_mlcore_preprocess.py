@@ -5,6 +5,7 @@ import pytest
 from mlcore_support import sample_files
 from PIL import Image, ImageDraw
 
+from mlcore.framing import body_share, is_unusually_framed
 from mlcore.inference import Predictor
 from mlcore.model import build_model
 from mlcore.preprocess import Preprocessing, body_box, clahe, preprocess_image
@@ -83,3 +84,10 @@ def test_predictor_serves_with_the_preprocessing_the_model_was_trained_with(tmp_
     assert not np.array_equal(predictor.preprocess(blob), Preprocessing(size=64)(blob))
     expected = model.predict(preprocessing(blob)[np.newaxis].astype(np.float32), verbose=0)
     assert abs(predictor.predict(blob).probability - float(expected[0, 0])) < 1e-4
+
+
+def test_body_share_flags_films_framed_unlike_the_training_data():
+    assert is_unusually_framed(body_share(film_with_margins()))
+    assert body_share(Image.new("L", (300, 300), 0)) == 1.0
+    for path in sample_files():
+        assert not is_unusually_framed(body_share(Image.open(path))), path.name
