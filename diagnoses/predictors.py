@@ -8,7 +8,6 @@ TensorFlow runtime created in the Celery parent would not survive the fork.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 from django.conf import settings
 
 from diagnoses.models import ModelVersion
+from mlcore.serialization import ModelMetadata
 
 MAX_LOADED_MODELS = 2
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -52,7 +52,7 @@ def ensure_local_model_dir(model_version: ModelVersion) -> Path:
     if not SAFE_NAME.fullmatch(model_version.name):
         raise ValueError(f"unsafe model version name for a cache folder: {model_version.name!r}")
     target = Path(settings.PNEUMOSITE_MODEL_CACHE_DIR) / model_version.name
-    metadata = model_version.metadata().as_dict()
+    metadata = model_version.metadata()
     if _is_complete(target, metadata):
         return target
     # Built in a private folder and renamed into place, so that concurrent workers never
@@ -62,7 +62,7 @@ def ensure_local_model_dir(model_version: ModelVersion) -> Path:
     try:
         with model_version.model_file.open("rb") as src, open(staging / "model.keras", "wb") as dst:
             shutil.copyfileobj(src, dst, length=1024 * 1024)
-        (staging / "model.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        metadata.write(staging)
         if _is_complete(target, metadata):
             return target  # another process installed it meanwhile: never pull it away
         if target.exists():
@@ -77,12 +77,12 @@ def ensure_local_model_dir(model_version: ModelVersion) -> Path:
     return target
 
 
-def _is_complete(target: Path, metadata: dict) -> bool:
-    return (target / "model.keras").is_file() and _read_json(target / "model.json") == metadata
-
-
-def _read_json(path: Path):
+def _is_complete(target: Path, metadata: ModelMetadata) -> bool:
+    """The folder holds this model: compared as metadata, so an older model.json that lacks
+    the newer keys (and means their defaults) still counts."""
+    if not (target / "model.keras").is_file():
+        return False
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        return ModelMetadata.read(target) == metadata
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

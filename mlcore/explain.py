@@ -54,14 +54,25 @@ def _jet_palette() -> list[int]:
     return colours.ravel().tolist()
 
 
-def overlay(image: Image.Image, cam: np.ndarray, alpha: float = OVERLAY_ALPHA) -> Image.Image:
+def overlay(
+    image: Image.Image,
+    cam: np.ndarray,
+    alpha: float = OVERLAY_ALPHA,
+    box: tuple[int, int, int, int] | None = None,
+) -> Image.Image:
     """Blend the heat map over the grayscale image, weighting the heat by its own strength.
 
+    `box` is the part of the image the model saw (a crop to the body); the heat goes there.
     Done with Pillow's C routines (palette lookup, per-pixel composite): on a film-sized
     image this is several times faster than the same arithmetic in NumPy.
     """
-    heat = Image.fromarray((cam * 255).astype(np.uint8)).resize(
-        image.size, Image.Resampling.BICUBIC
+    left, top, right, bottom = box or (0, 0, *image.size)
+    heat = Image.new("L", image.size, 0)
+    heat.paste(
+        Image.fromarray((cam * 255).astype(np.uint8)).resize(
+            (right - left, bottom - top), Image.Resampling.BICUBIC
+        ),
+        (left, top),
     )
     colours = heat.copy()
     colours.putpalette(_jet_palette())
@@ -69,7 +80,9 @@ def overlay(image: Image.Image, cam: np.ndarray, alpha: float = OVERLAY_ALPHA) -
     return Image.composite(colours.convert("RGB"), image.convert("RGB"), weight)
 
 
-def overlay_png(image: Image.Image, cam: np.ndarray) -> bytes:
+def overlay_png(
+    image: Image.Image, cam: np.ndarray, box: tuple[int, int, int, int] | None = None
+) -> bytes:
     buffer = io.BytesIO()
-    overlay(image.convert("L"), cam).save(buffer, format="PNG", compress_level=1)
+    overlay(image.convert("L"), cam, box=box).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()

@@ -131,4 +131,13 @@ class Predictor:
         if max_side is not None and max(image.size) > max_side:
             base = image.copy()
             base.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        return reading, overlay_png(base, self._gradcam(pixels))
+        box = self.preprocessing.crop_box(image)
+        if box is not None:
+            scale_x, scale_y = base.width / image.width, base.height / image.height
+            box = (
+                round(box[0] * scale_x),
+                round(box[1] * scale_y),
+                max(round(box[2] * scale_x), round(box[0] * scale_x) + 1),
+                max(round(box[3] * scale_y), round(box[1] * scale_y) + 1),
+            )
+        return reading, overlay_png(base, self._gradcam(pixels), box)

@@ -23,6 +23,20 @@ class Preprocessing:
     normalization: str = "equalize"
     crop_to_body: bool = False
 
+    def __post_init__(self):
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 16:
+            raise ValueError(f"image size must be an integer >= 16, not {self.size!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"unknown normalization {self.normalization!r}; expected {NORMALIZATIONS}"
+            )
+        if not isinstance(self.crop_to_body, bool):
+            raise ValueError(f"crop_to_body must be true or false, not {self.crop_to_body!r}")
+
+    def crop_box(self, image: Image.Image) -> tuple[int, int, int, int] | None:
+        """The part of `image` the model sees (None: all of it)."""
+        return body_box(to_grayscale_8bit(image)) if self.crop_to_body else None
+
     def __call__(
         self, image: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS
     ) -> np.ndarray:
@@ -113,7 +127,7 @@ def body_box(
     On a thumbnail, pixels brighter than Otsu's threshold are the body (soft tissue and
     bone; the background is air). Rows and columns where at least `min_share` of the
     pixels are body bound the box, so side markers and labels do not widen it. A flat
-    film, or a box under 30% of the film (inverted, mostly black), is left whole.
+    or tiny film has no box.
     """
     thumbnail = image.copy()
     thumbnail.thumbnail((256, 256))
@@ -131,8 +145,6 @@ def body_box(
     pad_y, pad_x = margin * (rows[-1] + 1 - rows[0]), margin * (cols[-1] + 1 - cols[0])
     top, bottom = max(0.0, rows[0] - pad_y), min(height, rows[-1] + 1 + pad_y)
     left, right = max(0.0, cols[0] - pad_x), min(width, cols[-1] + 1 + pad_x)
-    if (bottom - top) * (right - left) < 0.3 * height * width:
-        return None
     scale_x, scale_y = image.width / width, image.height / height
     return (
         round(left * scale_x),

@@ -29,9 +29,9 @@ class ModelMetadata:
             threshold=float(raw["threshold"]),
             # Models saved before these options existed have no such keys.
             preprocessing=Preprocessing(
-                size=int(raw["image_size"]),
+                size=raw["image_size"],
                 normalization=raw.get("normalization", "equalize"),
-                crop_to_body=bool(raw.get("crop_to_body", False)),
+                crop_to_body=raw.get("crop_to_body", False),
             ),
         )
 

@@ -167,6 +167,13 @@ def train(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train, pick the threshold on validation, and write the model directory to `config.out`."""
+    if config.init_model:
+        base = ModelMetadata.read(config.init_model).preprocessing
+        if base != config.preprocessing:
+            raise ValueError(
+                f"{config.init_model} was trained on inputs made by {base}; fine-tune it with "
+                f"the same options, not {config.preprocessing}"
+            )
     keras.utils.set_random_seed(config.seed)
     started = time.perf_counter()
     x_train, y_train, x_val, y_val, counts = load_training_data(config)

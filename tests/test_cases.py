@@ -223,6 +223,17 @@ def test_a_models_preprocessing_survives_registration_and_the_worker_cache(
     )
 
 
+def test_worker_cache_written_before_preprocessing_options_is_reused(active_model):
+    from diagnoses.predictors import ensure_local_model_dir
+
+    local = ensure_local_model_dir(active_model)
+    old_format = {"version": active_model.name, "threshold": active_model.threshold}
+    (local / "model.json").write_text(json.dumps({**old_format, "image_size": 224}))
+    keras_file_before = (local / "model.keras").stat().st_ino
+    assert ensure_local_model_dir(active_model) == local
+    assert (local / "model.keras").stat().st_ino == keras_file_before  # not rebuilt
+
+
 def test_activate_model_version_keeps_exactly_one_active(active_model):
     other = ModelVersion.objects.create(
         name="other", model_file=active_model.model_file.name, threshold=0.5, image_size=224

@@ -1,5 +1,7 @@
 """Preprocessing options: CLAHE, cropping to the body, and their record in model.json."""
 
+import io
+
 import numpy as np
 import pytest
 from mlcore_support import sample_files
@@ -91,3 +93,47 @@ def test_body_share_flags_films_framed_unlike_the_training_data():
     assert body_share(Image.new("L", (300, 300), 0)) == 1.0
     for path in sample_files():
         assert not is_unusually_framed(body_share(Image.open(path))), path.name
+
+
+def test_a_film_padded_to_twice_its_size_is_still_flagged():
+    film = Image.open(sample_files()[0]).convert("L")
+    padded = Image.new("L", (film.width * 2, film.height * 2), 0)
+    padded.paste(film, (film.width // 2, film.height // 2))
+    assert body_share(padded) < 0.3
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [{"normalization": "CLAHE"}, {"crop_to_body": "false"}, {"image_size": "224"}],
+    ids=["normalization", "crop", "size"],
+)
+def test_model_json_with_bad_preprocessing_values_is_refused(raw):
+    with pytest.raises(ValueError):
+        ModelMetadata.from_dict({"version": "v", "threshold": 0.5, "image_size": 224, **raw})
+
+
+def test_heatmap_of_a_cropping_model_stays_on_the_patient(tmp_path):
+    preprocessing = Preprocessing(size=64, crop_to_body=True)
+    save_model_dir(
+        build_model(64, width=16, augment=False, seed=0),
+        tmp_path,
+        ModelMetadata("tiny", 0.5, preprocessing),
+    )
+    film = film_with_margins()
+    _, png = Predictor.load(tmp_path).predict_with_heatmap(film)
+    overlay = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    left, top, right, bottom = preprocessing.crop_box(film)
+    outside = np.ones(overlay.shape[:2], bool)
+    outside[top:bottom, left:right] = False
+    grey = (overlay[..., 0] == overlay[..., 1]) & (overlay[..., 1] == overlay[..., 2])
+    assert grey[outside].all()  # no heat drawn in the margins
+    assert not grey[~outside].all()
+
+
+def test_fine_tuning_refuses_other_preprocessing_than_the_base_model(tmp_path):
+    from mlcore.train import TrainConfig, train
+
+    ModelMetadata("base", 0.5, Preprocessing(crop_to_body=True)).write(tmp_path)
+    config = TrainConfig(data=tmp_path, out=tmp_path / "out", init_model=tmp_path)
+    with pytest.raises(ValueError, match="same options"):
+        train(config)

@@ -10,6 +10,7 @@ from the JSON files, so every number in the card comes from this run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -20,6 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from mlcore.evaluate import evaluate, summary_line  # noqa: E402
 from mlcore.inference import Predictor  # noqa: E402
+from mlcore.serialization import ModelMetadata  # noqa: E402
 
 KEEP = (
     "model.keras",
@@ -149,9 +151,7 @@ def main() -> None:
     target.mkdir(parents=True, exist_ok=True)
     for name in KEEP:
         shutil.copy2(args.trained / name, target / name)
-    metadata = json.loads((args.trained / "model.json").read_text())
-    metadata["version"] = args.version
-    (target / "model.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    dataclasses.replace(ModelMetadata.read(args.trained), version=args.version).write(target)
     report = evaluate(target, args.data, "test", cache_dir=args.cache_dir)
     print(f"test: {summary_line(report['metrics'])}")
     record_sample_readings(target, args.samples)
