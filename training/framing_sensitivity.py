@@ -1,10 +1,13 @@
 """How much a model's scores move when the same films are framed tighter or looser.
 
     python training/framing_sensitivity.py --model models/NAME [--data DIR]
+    python training/framing_sensitivity.py --model models/NAME --film PATH
+
 
 Each film is zoomed about its centre before preprocessing (factor > 1 crops tighter, < 1 adds a
 black margin) and scored again, on the validation carve and on the official val/ split.
 Large moves mean the model reads the chest's size in the frame, not only the lungs.
+With --film, one film instead: its reading and body share (mlcore.framing) per zoom.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mlcore import data as datasets  # noqa: E402
+from mlcore.framing import body_share, is_unusually_framed  # noqa: E402
 from mlcore.imageio import decode_image, to_grayscale_8bit  # noqa: E402
 from mlcore.inference import Predictor  # noqa: E402
 
@@ -42,8 +46,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/chest_xray")
+    parser.add_argument("--film", type=Path, help="re-frame this one film instead")
     args = parser.parse_args()
     predictor = Predictor.load(args.model)
+    if args.film:
+        film = to_grayscale_8bit(decode_image(args.film.read_bytes()))
+        for factor in ZOOMS:
+            framed = zoom(film, factor)
+            reading = predictor.predict(framed)
+            share = body_share(framed)
+            print(
+                f"x{factor}: P(pneumonia) {reading.probability:.3f} ({reading.label}); body share "
+                f"{share:.3f}{' (warned)' if is_unusually_framed(share) else ''}"
+            )
+        return
     config = json.loads((args.model / "train_metrics.json").read_text())["config"]
     _, carve = datasets.carve_validation(
         datasets.list_split(args.data, "train"), config["val_fraction"], config["split_seed"]
