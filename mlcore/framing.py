@@ -3,7 +3,7 @@
 The shipped model reads histogram-equalised films, and a wide black margin changes what
 equalisation does to the body: with a 10% margin on each side, it called 99% of the
 healthy validation films sick (training/framing_sensitivity.py). The body fills at least
-0.648 of the film in 99% of train/ (training/body_share.py: 1st percentile), so a film
+0.647 of the film in 99% of train/ (training/body_share.py: 1st percentile), so a film
 below MIN_TYPICAL_BODY_SHARE is framed unlike anything the model learnt from.
 """
 

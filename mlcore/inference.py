@@ -57,11 +57,14 @@ class Predictor:
         self.version = metadata.version
         self.threshold = metadata.threshold
         self.preprocessing = metadata.preprocessing
-        self.image_size = metadata.image_size
         self.max_pixels = max_pixels
         self._forward = _compiled_forward(model)
         self._single_forward = lite_forward_or_none(model)
         self._gradcam = None
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.size
 
     @classmethod
     def load(cls, model_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictor:
@@ -122,7 +125,7 @@ class Predictor:
 
         started = time.perf_counter()
         image = self._as_image(image)
-        pixels = self.preprocess(image)
+        pixels, box = self.preprocessing.with_box(image, self.max_pixels)
         probability = float(self.probabilities(pixels[np.newaxis])[0])
         reading = self._reading(probability, (time.perf_counter() - started) * 1000)
         if self._gradcam is None:
@@ -131,13 +134,13 @@ class Predictor:
         if max_side is not None and max(image.size) > max_side:
             base = image.copy()
             base.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        box = self.preprocessing.crop_box(image)
-        if box is not None:
+        if box is not None and base is not image:  # the box in the thumbnail's pixels
             scale_x, scale_y = base.width / image.width, base.height / image.height
+            left, top = round(box[0] * scale_x), round(box[1] * scale_y)
             box = (
-                round(box[0] * scale_x),
-                round(box[1] * scale_y),
-                max(round(box[2] * scale_x), round(box[0] * scale_x) + 1),
-                max(round(box[3] * scale_y), round(box[1] * scale_y) + 1),
+                left,
+                top,
+                max(round(box[2] * scale_x), left + 1),
+                max(round(box[3] * scale_y), top + 1),
             )
         return reading, overlay_png(base, self._gradcam(pixels), box)

@@ -33,14 +33,38 @@ class Preprocessing:
         if not isinstance(self.crop_to_body, bool):
             raise ValueError(f"crop_to_body must be true or false, not {self.crop_to_body!r}")
 
-    def crop_box(self, image: Image.Image) -> tuple[int, int, int, int] | None:
-        """The part of `image` the model sees (None: all of it)."""
-        return body_box(to_grayscale_8bit(image)) if self.crop_to_body else None
-
     def __call__(
         self, image: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS
     ) -> np.ndarray:
-        return preprocess_image(image, self.size, max_pixels, self.normalization, self.crop_to_body)
+        """A (size, size, 1) uint8 array: grayscale, stretched to a square, normalised.
+
+        Stretching (not cropping) matches the training data, 70% of which exists only as
+        224x224 stretched copies. Intensity normalisation removes most of the exposure and
+        contrast differences between X-ray machines: global histogram equalisation, or
+        CLAHE (contrast-limited, per tile), which keeps local contrast inside the lungs.
+        With `crop_to_body`, the black margins around the patient are cut first (see
+        `body_box`): global equalisation spreads a wide margin over part of the grey scale
+        and whitens the lungs. The model rescales to [0, 1] itself.
+        """
+        return self.with_box(image, max_pixels)[0]
+
+    def with_box(
+        self, image: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+        """The model input, and the part of the film it shows (None: all of it)."""
+        if isinstance(image, bytes | bytearray | memoryview):
+            image = decode_image(bytes(image), max_pixels=max_pixels)
+        image = to_grayscale_8bit(image)
+        box = body_box(image) if self.crop_to_body else None
+        if box is not None:
+            image = image.crop(box)
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        if self.normalization == "clahe":
+            pixels = clahe(np.asarray(image, dtype=np.uint8))
+        else:
+            pixels = np.asarray(ImageOps.equalize(image), dtype=np.uint8)
+        return pixels[..., np.newaxis], box
 
 
 def preprocess_image(
@@ -50,34 +74,8 @@ def preprocess_image(
     normalization: str = "equalize",
     crop_to_body: bool = False,
 ) -> np.ndarray:
-    """Return a (size, size, 1) uint8 array: grayscale, stretched to a square, normalised.
-
-    With `crop_to_body`, the black margins around the patient are cut first (see
-    `body_box`): in train/, normal films have wide margins and pneumonia films are framed
-    tightly, so without the crop the framing alone hints at the label.
-
-    Stretching (not cropping) matches the training data, 70% of which exists only as
-    224x224 stretched copies. Intensity normalisation removes most of the exposure and
-    contrast differences between X-ray machines: global histogram equalisation, or CLAHE
-    (contrast-limited, per tile), which keeps local contrast inside the lungs. The model
-    rescales to [0, 1] itself.
-    """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {normalization!r}; expected {NORMALIZATIONS}")
-    if isinstance(image, bytes | bytearray | memoryview):
-        image = decode_image(bytes(image), max_pixels=max_pixels)
-    image = to_grayscale_8bit(image)
-    if crop_to_body:
-        box = body_box(image)
-        if box is not None:
-            image = image.crop(box)
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    if normalization == "clahe":
-        pixels = clahe(np.asarray(image, dtype=np.uint8))
-    else:
-        pixels = np.asarray(ImageOps.equalize(image), dtype=np.uint8)
-    return pixels[..., np.newaxis]
+    """`Preprocessing(size, normalization, crop_to_body)(image)`: the one input function."""
+    return Preprocessing(size, normalization, crop_to_body)(image, max_pixels)
 
 
 def clahe(

@@ -18,10 +18,6 @@ class ModelMetadata:
     threshold: float
     preprocessing: Preprocessing
 
-    @property
-    def image_size(self) -> int:
-        return self.preprocessing.size
-
     @classmethod
     def from_dict(cls, raw: dict) -> ModelMetadata:
         return cls(

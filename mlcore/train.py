@@ -144,7 +144,6 @@ def load_training_data(config: TrainConfig):
     train_samples = _limit(train_samples, config.limit_per_class, config.seed)
     val_samples = _limit(val_samples, config.limit_per_class, config.seed)
     extra = [datasets.Sample(Path(path), int(label)) for path, label in config.extra_samples]
-
     preprocessing = config.preprocessing
     x_train, y_train = datasets.load_arrays(train_samples, preprocessing, config.cache_dir)
     if extra:

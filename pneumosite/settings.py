@@ -15,6 +15,8 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
+from pneumosite.brokers import FILESYSTEM_BROKER_URL, filesystem_broker_options
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -314,18 +316,8 @@ if CELERY_BROKER_URL:
         CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS["global_keyprefix"] = _prefix
 else:
     # Embedded broker: plain files under var/broker, no server needed.
-    for _sub in ("in", "processed", "control"):
-        (PNEUMOSITE_BROKER_DIR / _sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_URL = "filesystem://localhost//"
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(PNEUMOSITE_BROKER_DIR / "in"),
-        "data_folder_out": str(PNEUMOSITE_BROKER_DIR / "in"),
-        # Claiming a message is an atomic rename into processed/ (same filesystem), so
-        # two workers never take the same message.
-        "processed_folder": str(PNEUMOSITE_BROKER_DIR / "processed"),
-        "store_processed": True,
-        "control_folder": str(PNEUMOSITE_BROKER_DIR / "control"),
-    }
+    CELERY_BROKER_URL = FILESYSTEM_BROKER_URL
+    CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_broker_options(PNEUMOSITE_BROKER_DIR)
     CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND") or None
 
 CELERY_ACCEPT_CONTENT = ["json"]

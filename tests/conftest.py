@@ -28,6 +28,8 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
+from pneumosite.brokers import FILESYSTEM_BROKER_URL, filesystem_broker_options
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_SERVICES = os.environ.get("PNEUMOSITE_REQUIRE_SERVICES", "") == "1"
 
@@ -170,17 +172,9 @@ class BrokerConfig:
 def filesystem_broker(tmp_path) -> BrokerConfig:
     """A private embedded filesystem broker (folders under tmp_path) for one test."""
     base = tmp_path / "broker"
-    for sub in ("in", "processed", "control"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
     return BrokerConfig(
-        url="filesystem://localhost//",
-        transport_options={
-            "data_folder_in": str(base / "in"),
-            "data_folder_out": str(base / "in"),
-            "processed_folder": str(base / "processed"),
-            "store_processed": True,
-            "control_folder": str(base / "control"),
-        },
+        url=FILESYSTEM_BROKER_URL,
+        transport_options=filesystem_broker_options(base),
         result_backend=None,
         env={
             "CELERY_BROKER_URL": "",

@@ -122,7 +122,7 @@ def test_heatmap_of_a_cropping_model_stays_on_the_patient(tmp_path):
     film = film_with_margins()
     _, png = Predictor.load(tmp_path).predict_with_heatmap(film)
     overlay = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
-    left, top, right, bottom = preprocessing.crop_box(film)
+    left, top, right, bottom = preprocessing.with_box(film)[1]
     outside = np.ones(overlay.shape[:2], bool)
     outside[top:bottom, left:right] = False
     grey = (overlay[..., 0] == overlay[..., 1]) & (overlay[..., 1] == overlay[..., 2])

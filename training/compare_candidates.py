@@ -13,7 +13,6 @@ For each model, and for each `--average` group of model folder names, prints:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from mlcore import data as datasets
 from mlcore.inference import Predictor
 from mlcore.metrics import binary_metrics, pick_threshold
+from training.splits import carve_settings, validation_splits
 
 
 def log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -30,20 +30,15 @@ def log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def score_splits(models: list[Path], data: Path, cache_dir: Path):
     """{model name: (carve scores, val/ scores)}, plus the labels of both splits."""
-    configs = {m: json.loads((m / "train_metrics.json").read_text())["config"] for m in models}
-    carve = {(c["split_seed"], c["val_fraction"]) for c in configs.values()}
-    if len(carve) != 1:
+    settings = {carve_settings(m) for m in models}
+    if len(settings) != 1:
         raise SystemExit("candidates must share one validation carve")
-    split_seed, fraction = carve.pop()
-    _, carve_samples = datasets.carve_validation(
-        datasets.list_split(data, "train"), fraction=fraction, seed=split_seed
-    )
-    official_val = datasets.list_split(data, "val")
+    splits = validation_splits(data, settings.pop())
     scores, labels = {}, {}
     for model_dir in models:
         predictor = Predictor.load(model_dir)
         per_split = []
-        for name, samples in (("carve", carve_samples), ("val", official_val)):
+        for name, samples in zip(("carve", "val"), splits.values(), strict=True):
             pixels, labels[name] = datasets.load_arrays(samples, predictor.preprocessing, cache_dir)
             per_split.append(predictor.probabilities(pixels))
         scores[model_dir.name] = tuple(per_split)

@@ -13,7 +13,6 @@ With --film, one film instead: its reading and body share (mlcore.framing) per z
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,10 +22,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mlcore import data as datasets  # noqa: E402
 from mlcore.framing import body_share, is_unusually_framed  # noqa: E402
 from mlcore.imageio import decode_image, to_grayscale_8bit  # noqa: E402
 from mlcore.inference import Predictor  # noqa: E402
+from training.splits import carve_settings, validation_splits  # noqa: E402
 
 ZOOMS = (0.8, 0.9, 1.0, 1.1, 1.2)
 
@@ -60,18 +59,12 @@ def main() -> None:
                 f"{share:.3f}{' (warned)' if is_unusually_framed(share) else ''}"
             )
         return
-    config = json.loads((args.model / "train_metrics.json").read_text())["config"]
-    _, carve = datasets.carve_validation(
-        datasets.list_split(args.data, "train"), config["val_fraction"], config["split_seed"]
-    )
     print(
         f"threshold {predictor.threshold:.3f}; per zoom: median P(pneumonia) of normal films "
-        "(share at or above the threshold) / of pneumonia films"
+        "(share at or above the threshold) / of pneumonia films; mean grey level of the "
+        "centre of the model's input for normal films"
     )
-    for name, samples in (
-        ("validation carve", carve),
-        ("official val/", datasets.list_split(args.data, "val")),
-    ):
+    for name, samples in validation_splits(args.data, carve_settings(args.model)).items():
         films = [to_grayscale_8bit(decode_image(s.path.read_bytes())) for s in samples]
         labels = np.array([s.label for s in samples])
         cells = []
@@ -80,8 +73,11 @@ def main() -> None:
             scores = predictor.probabilities(pixels)
             normal, sick = scores[labels == 0], scores[labels == 1]
             flagged = (normal >= predictor.threshold).mean()
+            size = predictor.image_size
+            centre = pixels[labels == 0, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4]
             cells.append(
                 f"x{factor}: {np.median(normal):.2f} ({flagged:.0%}) / {np.median(sick):.2f}"
+                f" [{centre.mean():.0f}]"
             )
         print(f"{name:17s} " + "  ".join(cells))
 

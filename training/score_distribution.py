@@ -9,7 +9,6 @@ splits without looking at test/.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ sys.path.insert(0, str(REPO))
 from mlcore import data as datasets  # noqa: E402
 from mlcore.inference import Predictor  # noqa: E402
 from mlcore.metrics import roc_auc  # noqa: E402
+from training.splits import carve_settings, validation_splits  # noqa: E402
 
 
 def main() -> None:
@@ -29,14 +29,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/chest_xray")
     args = parser.parse_args()
     predictor = Predictor.load(args.model)
-    config = json.loads((args.model / "train_metrics.json").read_text())["config"]
-    _, carve = datasets.carve_validation(
-        datasets.list_split(args.data, "train"), config["val_fraction"], config["split_seed"]
-    )
-    for name, samples in (
-        ("validation carve", carve),
-        ("official val/", datasets.list_split(args.data, "val")),
-    ):
+    splits = validation_splits(args.data, carve_settings(args.model))
+    for name, samples in splits.items():
         pixels, labels = datasets.load_arrays(samples, predictor.preprocessing)
         scores = predictor.probabilities(pixels)
         normal, sick = scores[labels == 0], scores[labels == 1]

@@ -1,0 +1,23 @@
+"""The two splits the scripts under training/ judge a trained model on, never test/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mlcore import data as datasets
+
+
+def carve_settings(model_dir: Path) -> tuple[int, float]:
+    """(split seed, fraction) of the validation carve the model was trained beside."""
+    config = json.loads((model_dir / "train_metrics.json").read_text())["config"]
+    return config["split_seed"], config["val_fraction"]
+
+
+def validation_splits(data: Path, settings: tuple[int, float]) -> dict[str, list[datasets.Sample]]:
+    """{"validation carve": patient-wise carve of train/, "official val/": the 16 images}."""
+    split_seed, fraction = settings
+    _, carve = datasets.carve_validation(
+        datasets.list_split(data, "train"), fraction=fraction, seed=split_seed
+    )
+    return {"validation carve": carve, "official val/": datasets.list_split(data, "val")}
