@@ -8,22 +8,24 @@ import io
 import numpy as np
 from PIL import Image
 
-from mlcore.model import last_conv_layer_name
+from mlcore.model import explained_layer_names
 
 OVERLAY_ALPHA = 0.45
 
 
 class GradCam:
-    """Grad-CAM for one model; the gradient computation is traced once and reused."""
+    """Grad-CAM for one model; the gradient computation is traced once and reused.
+
+    For an ensemble, each member's map is weighted by the gradient of the averaged score,
+    and the maps are summed: the heat of what drove the reading the user sees.
+    """
 
     def __init__(self, model):
         import keras
         import tensorflow as tf
 
-        feature_model = keras.Model(
-            model.inputs,
-            [model.get_layer(last_conv_layer_name(model)).output, model.outputs[0]],
-        )
+        feature_outputs = [model.get_layer(name).output for name in explained_layer_names(model)]
+        feature_model = keras.Model(model.inputs, [feature_outputs, model.outputs[0]])
         size = model.input_shape[1]
 
         @tf.function(input_signature=[tf.TensorSpec((1, size, size, 1), tf.float32)])
@@ -32,8 +34,15 @@ class GradCam:
                 features, score = feature_model(batch, training=False)
                 target = score[:, 0]
             gradients = tape.gradient(target, features)
-            weights = tf.reduce_mean(gradients, axis=(1, 2))
-            cam = tf.reduce_sum(features * weights[:, tf.newaxis, tf.newaxis, :], axis=-1)
+            cam = tf.add_n(
+                [
+                    tf.reduce_sum(
+                        maps * tf.reduce_mean(grads, axis=(1, 2))[:, tf.newaxis, tf.newaxis, :],
+                        axis=-1,
+                    )
+                    for maps, grads in zip(features, gradients, strict=True)
+                ]
+            )
             return tf.nn.relu(cam)[0]
 
         self._heat = heat

@@ -1,6 +1,8 @@
-"""The pneumonia classifier: a small residual CNN on 224x224 grayscale input."""
+"""The pneumonia classifier: a small residual CNN on grayscale input, or an average of several."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import keras
 from keras import layers
@@ -70,6 +72,16 @@ def _residual_stage(x, filters: int, name: str):
     return layers.ReLU(name=f"{name}_out")(x)
 
 
+def _classifier(x, width: int, dropout: float, seed: int | None, prefix: str = ""):
+    """Stem, four residual stages, pooling and the sigmoid unit; every name starts `prefix`."""
+    x = _conv_bn_relu(x, width, kernel_size=5, strides=2, name=f"{prefix}stem")
+    for index, multiplier in enumerate((1, 2, 4, 8)):
+        x = _residual_stage(x, width * multiplier, name=f"{prefix}stage{index + 1}")
+    x = layers.GlobalAveragePooling2D(name=f"{prefix}pool")(x)
+    x = layers.Dropout(dropout, seed=seed, name=f"{prefix}dropout")(x)
+    return layers.Dense(1, activation="sigmoid", name=f"{prefix}pneumonia")(x)
+
+
 def build_model(
     image_size: int = IMAGE_SIZE,
     width: int = 24,
@@ -84,15 +96,50 @@ def build_model(
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     if augment:
         x = build_augmenter(seed, augment_strength, aspect_jitter)(x)
-    x = _conv_bn_relu(x, width, kernel_size=5, strides=2, name="stem")
-    for index, multiplier in enumerate((1, 2, 4, 8)):
-        x = _residual_stage(x, width * multiplier, name=f"stage{index + 1}")
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
-    x = layers.Dropout(dropout, seed=seed, name="dropout")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="pneumonia")(x)
+    outputs = _classifier(x, width, dropout, seed)
     return keras.Model(inputs, outputs, name=f"pneumonia_cnn_w{width}")
 
 
-def last_conv_layer_name(model: keras.Model) -> str:
-    """The feature map Grad-CAM explains: the output of the last residual stage."""
-    return [layer.name for layer in model.layers if layer.name.endswith("_out")][-1]
+def build_ensemble(members: Sequence[keras.Model]) -> keras.Model:
+    """One graph that averages the members' P(pneumonia), with copies of their weights.
+
+    Flat rather than nested (member i's layers are named `m{i}_...`), so Grad-CAM can reach
+    every member's feature map and the whole ensemble saves, loads and converts like a
+    single model. The first member's augmentation layers are kept: they do nothing at
+    inference, and fine-tuning the ensemble then augments as training did.
+    """
+    first = members[0]
+    size = first.input_shape[1]
+    inputs = keras.Input((size, size, 1), name="xray")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    names = {layer.name for layer in first.layers}
+    if "augment" in names:
+        x = keras.Sequential.from_config(first.get_layer("augment").get_config())(x)
+    outputs = [
+        _classifier(
+            x,
+            width=member.get_layer("stem_conv").filters,
+            dropout=member.get_layer("dropout").rate,
+            seed=None,
+            prefix=f"m{index}_",
+        )
+        for index, member in enumerate(members)
+    ]
+    ensemble = keras.Model(
+        inputs, layers.Average(name="pneumonia")(outputs), name=f"pneumonia_ensemble_{len(members)}"
+    )
+    for index, member in enumerate(members):
+        for layer in member.layers:
+            if layer.weights and layer.name != "augment":
+                ensemble.get_layer(f"m{index}_{layer.name}").set_weights(layer.get_weights())
+    return ensemble
+
+
+def explained_layer_names(model: keras.Model) -> list[str]:
+    """The feature maps Grad-CAM explains: the last residual stage of each member."""
+    last_stage = {}
+    for layer in model.layers:  # in graph order, so a member's last stage comes last
+        prefix, found, rest = layer.name.rpartition("stage")
+        if found and rest.endswith("_out"):
+            last_stage[prefix] = layer.name
+    return list(last_stage.values())

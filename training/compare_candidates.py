@@ -6,8 +6,8 @@ For each model, and for each `--average` group of model folder names, prints:
 - on the validation carve of train/: AUC, the threshold picked by the training rule
   (highest with sensitivity >= --min-sensitivity) and specificity/accuracy there;
 - on the 16 images of the official val/ split (the same source as test/): log-loss,
-  the median P(pneumonia) of its 8 normal films and how many of its 8 pneumonia films
-  reach the carve threshold.
+  the median P(pneumonia) of its 8 normal films, and how many of its 8 normal and 8
+  pneumonia films reach the carve threshold.
 """
 
 from __future__ import annotations
@@ -51,10 +51,13 @@ def report_line(name: str, carve_scores, val_scores, labels, min_sensitivity: fl
     val_labels = labels["val"]
     normal_median = float(np.median(val_scores[val_labels == 0]))
     caught = int((val_scores[val_labels == 1] >= threshold).sum())
+    flagged = int((val_scores[val_labels == 0] >= threshold).sum())
+    n_normal = int((val_labels == 0).sum())
     return (
         f"{name:32s} carve AUC {m['auc']:.4f} thr {threshold:.3f} spec {m['specificity']:.3f} "
         f"acc {m['accuracy']:.3f} | val/ log-loss {log_loss(val_labels, val_scores):.3f} "
-        f"normal median {normal_median:.2f} pneumonia caught {caught}/{int(val_labels.sum())}"
+        f"normal median {normal_median:.2f} normals flagged {flagged}/{n_normal} "
+        f"pneumonia caught {caught}/{int(val_labels.sum())}"
     )
 
 

@@ -23,14 +23,8 @@ from mlcore.evaluate import evaluate, summary_line  # noqa: E402
 from mlcore.inference import Predictor  # noqa: E402
 from mlcore.serialization import ModelMetadata  # noqa: E402
 
-KEEP = (
-    "model.keras",
-    "train_metrics.json",
-    "history.json",
-    "training.png",
-    "validation_roc.png",
-    "validation_confusion.png",
-)
+KEEP = ("model.keras", "train_metrics.json", "validation_roc.png", "validation_confusion.png")
+KEEP_IF_PRESENT = ("history.json", "training.png")  # an ensemble has no training curves
 
 
 def record_sample_readings(model_dir: Path, samples_root: Path) -> None:
@@ -59,6 +53,19 @@ def input_steps(config: dict) -> str:
     normalization = config.get("normalization", "equalize")
     steps.append("CLAHE-equalised" if normalization == "clahe" else "histogram-equalised")
     return ", ".join(steps)
+
+
+def architecture(config: dict) -> str:
+    members = config.get("ensemble_members")
+    if not members:
+        width = config["width"]
+        return f"Small residual CNN (`mlcore/model.py`, width {width}, {{params}} parameters)"
+    seeds = ", ".join(str(seed) for seed in config["seed"])
+    return (
+        f"Average of {len(members)} small residual CNNs (`mlcore/model.py`, "
+        f"`build_ensemble`; width {config['width']}, seeds {seeds}, {{params}} parameters in "
+        f"all), each trained alone by the recipe below, served as one graph"
+    )
 
 
 def model_card(model_dir: Path) -> str:
@@ -102,7 +109,7 @@ Data: Mendeley Data v2, doi:10.17632/rscbjbr9sj.2, licence CC BY 4.0 (a resized 
   evaluated once, after every choice was made on validation.
 
 ## Recipe
-Small residual CNN (`mlcore/model.py`, width {config["width"]}, {{params}} parameters) on
+{architecture(config)} on
 {size}x{size} grayscale input (`mlcore/preprocess.py`): {input_steps(config)}.
 Augmentation: rotation, zoom, shift, contrast, brightness, Gaussian blur and noise; no
 horizontal flip. AdamW (weight decay {config["weight_decay"]}), cosine learning-rate schedule,
@@ -149,7 +156,7 @@ def main() -> None:
     args = parser.parse_args()
     target = REPO / "models" / args.version
     target.mkdir(parents=True, exist_ok=True)
-    for name in KEEP:
+    for name in KEEP + tuple(n for n in KEEP_IF_PRESENT if (args.trained / n).exists()):
         shutil.copy2(args.trained / name, target / name)
     dataclasses.replace(ModelMetadata.read(args.trained), version=args.version).write(target)
     report = evaluate(target, args.data, "test", cache_dir=args.cache_dir)

@@ -1,0 +1,106 @@
+"""Average trained models into one: `python -m mlcore.ensemble --data DIR --out DIR MEMBER...`.
+
+The members must share their input preprocessing and their validation carve. The result
+is an ordinary model directory (one Keras graph, mlcore.model.build_ensemble) whose
+threshold is picked on that carve by the members' own rule, applied to the averaged scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from mlcore import data as datasets
+from mlcore.metrics import binary_metrics, pick_threshold
+from mlcore.model import build_ensemble
+from mlcore.plots import write_evaluation_plots
+from mlcore.provenance import environment
+from mlcore.serialization import MODEL_FILE, ModelMetadata, save_model_dir
+
+TRAIN_REPORT = "train_metrics.json"
+
+
+def _only(values: list, what: str):
+    if len(set(values)) != 1:
+        raise ValueError(f"the members differ in {what}: {values}")
+    return values[0]
+
+
+def ensemble_models(
+    members: Sequence[Path],
+    data_root: Path,
+    out: Path,
+    version: str | None = None,
+    cache_dir: Path | None = None,
+) -> dict:
+    """Write the averaged model to `out` and return its validation report."""
+    if len(members) < 2:
+        raise ValueError("an ensemble needs at least two members")
+    started = time.perf_counter()
+    reports = [json.loads((Path(m) / TRAIN_REPORT).read_text()) for m in members]
+    configs = [r["config"] for r in reports]
+    preprocessing = _only([ModelMetadata.read(m).preprocessing for m in members], "preprocessing")
+    split_seed = _only([c["split_seed"] for c in configs], "validation carve seed")
+    fraction = _only([c["val_fraction"] for c in configs], "validation carve fraction")
+    min_sensitivity = _only([c["min_sensitivity"] for c in configs], "threshold rule")
+
+    models = [keras.models.load_model(Path(m) / MODEL_FILE, compile=False) for m in members]
+    ensemble = build_ensemble(models)
+    _, carve = datasets.carve_validation(
+        datasets.list_split(data_root, "train"), fraction=fraction, seed=split_seed
+    )
+    pixels, labels = datasets.load_arrays(carve, preprocessing, cache_dir)
+    scores = ensemble.predict(pixels.astype(np.float32), batch_size=64, verbose=0).ravel()
+    threshold = pick_threshold(labels, scores, min_sensitivity)
+    metrics = binary_metrics(labels, scores, threshold)
+    report = {
+        "split": reports[0]["split"],
+        "metrics": metrics,
+        "threshold_rule": reports[0]["threshold_rule"],
+        "data": reports[0]["data"],
+        "training": {
+            "seconds": round(sum(r["training"]["seconds"] for r in reports), 1),
+            "epochs_run": [r["training"]["epochs_run"] for r in reports],
+            "ensemble_seconds": round(time.perf_counter() - started, 1),
+        },
+        "config": {
+            **configs[0],
+            "seed": [c["seed"] for c in configs],
+            "ensemble_members": [Path(m).name for m in members],
+        },
+        "members": [
+            {"version": Path(m).name, "validation": r["metrics"]}
+            for m, r in zip(members, reports, strict=True)
+        ],
+        "environment": environment(),
+    }
+    save_model_dir(ensemble, out, ModelMetadata(version or out.name, threshold, preprocessing))
+    (out / TRAIN_REPORT).write_text(json.dumps(report, indent=2))
+    write_evaluation_plots(labels, scores, metrics, out, "validation_")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True, help="Kaggle-layout dataset root")
+    parser.add_argument("--out", type=Path, required=True, help="output model directory")
+    parser.add_argument("--version", help="model version name (default: the out folder's name)")
+    parser.add_argument("--cache-dir", type=Path, help="keep decoded arrays here between runs")
+    parser.add_argument("members", type=Path, nargs="+", help="trained model directories")
+    args = parser.parse_args(argv)
+    report = ensemble_models(args.members, args.data, args.out, args.version, args.cache_dir)
+    m = report["metrics"]
+    print(
+        f"{args.out}: validation AUC {m['auc']:.4f}, threshold {m['threshold']:.4f}, "
+        f"sensitivity {m['sensitivity']:.3f}, specificity {m['specificity']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
