@@ -11,14 +11,19 @@ from mlcore.preprocess import IMAGE_SIZE
 
 
 def build_augmenter(
-    seed: int | None = None, strength: float = 1.0, aspect_jitter: float = 0.0
+    seed: int | None = None,
+    strength: float = 1.0,
+    aspect_jitter: float = 0.0,
+    max_zoom_in: float = 0.1,
 ) -> keras.Sequential:
     """Augmentations that mimic differences between X-ray machines and positioning.
 
     `strength` scales every range (1.0 = the default recipe). `aspect_jitter` widens the
     zoom range of the width alone: pneumonia films in train/ are much wider than they are
     tall (median 1.50 against 1.21 for normal films), and once stretched to a square the
-    chest's proportions alone would hint at the label.
+    chest's proportions alone would hint at the label. `max_zoom_in` is how far a film may be
+    magnified (Keras zoom factor, before `strength`): a film framed tighter than training's
+    shows the chest larger, and a model cropping to the body sees that as it comes.
 
     No horizontal flip: a flipped chest film puts the heart on the wrong side, an anatomy
     the classifier never meets in practice. Blur, noise, contrast and brightness cover the
@@ -28,8 +33,8 @@ def build_augmenter(
         [
             layers.RandomRotation(0.03 * strength, fill_mode="constant", seed=seed),
             layers.RandomZoom(
-                (-0.1 * strength, 0.15 * strength),
-                (-0.1 * strength - aspect_jitter, 0.15 * strength + aspect_jitter)
+                (-max_zoom_in * strength, 0.15 * strength),
+                (-max_zoom_in * strength - aspect_jitter, 0.15 * strength + aspect_jitter)
                 if aspect_jitter
                 else None,
                 fill_mode="constant",
@@ -90,12 +95,13 @@ def build_model(
     seed: int | None = None,
     augment_strength: float = 1.0,
     aspect_jitter: float = 0.0,
+    max_zoom_in: float = 0.1,
 ) -> keras.Model:
     """Input: (image_size, image_size, 1) pixel values 0..255. Output: P(pneumonia)."""
     inputs = keras.Input((image_size, image_size, 1), name="xray")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     if augment:
-        x = build_augmenter(seed, augment_strength, aspect_jitter)(x)
+        x = build_augmenter(seed, augment_strength, aspect_jitter, max_zoom_in)(x)
     outputs = _classifier(x, width, dropout, seed)
     return keras.Model(inputs, outputs, name=f"pneumonia_cnn_w{width}")
 

@@ -45,6 +45,7 @@ class TrainConfig:
     dropout: float = 0.3
     augment_strength: float = 1.0
     aspect_jitter: float = 0.0
+    max_zoom_in: float = 0.1
     learning_rate: float = 2e-3
     weight_decay: float = 5e-4
     seed: int = 0
@@ -190,6 +191,7 @@ def train(
             seed=config.seed,
             augment_strength=config.augment_strength,
             aspect_jitter=config.aspect_jitter,
+            max_zoom_in=config.max_zoom_in,
         )
     steps = int(np.ceil(len(x_train) / config.batch_size))
     _compile(model, config, steps)
@@ -285,6 +287,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=float,
         default=TrainConfig.aspect_jitter,
         help="extra width-only zoom range, so the film's aspect ratio carries no label",
+    )
+    parser.add_argument(
+        "--max-zoom-in",
+        type=float,
+        default=TrainConfig.max_zoom_in,
+        help="how far augmentation may magnify a film (0.25: up to 1.33x)",
     )
     parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
     parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
