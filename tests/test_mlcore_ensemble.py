@@ -109,3 +109,30 @@ def test_members_with_different_preprocessing_are_refused(trained_members, tmp_p
     finally:
         metadata.write(trained_members[1])
     assert not (tmp_path / "e").exists()
+
+
+def test_an_ensemble_can_be_fine_tuned_like_a_single_model(trained_members, tmp_path):
+    """The retraining job fine-tunes the active model, which may be an ensemble."""
+    ensemble_models(trained_members, DATASET, tmp_path / "ensemble")
+    config = TrainConfig(
+        data=DATASET,
+        out=tmp_path / "tuned",
+        epochs=1,
+        batch_size=16,
+        image_size=SIZE,
+        limit_per_class=12,
+        init_model=tmp_path / "ensemble",
+    )
+    train(config, log=lambda _: None)
+    tuned = Predictor.load(config.out)
+    assert explained_layer_names(tuned.model) == ["m0_stage4_out", "m1_stage4_out"]
+    assert "augment" in [layer.name for layer in tuned.model.layers]
+
+
+def test_max_zoom_in_sets_how_far_augmentation_magnifies():
+    zoom = next(
+        layer
+        for layer in build_model(SIZE, width=16, max_zoom_in=0.3).get_layer("augment").layers
+        if isinstance(layer, keras.layers.RandomZoom)
+    )
+    assert zoom.height_factor == (-0.3, 0.15) and zoom.width_factor is None
