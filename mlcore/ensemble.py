@@ -17,13 +17,12 @@ import keras
 import numpy as np
 
 from mlcore import data as datasets
+from mlcore.evaluate import summary_line
 from mlcore.metrics import binary_metrics, pick_threshold
-from mlcore.model import build_ensemble
-from mlcore.plots import write_evaluation_plots
+from mlcore.model import build_ensemble, is_ensemble
 from mlcore.provenance import environment
-from mlcore.serialization import MODEL_FILE, ModelMetadata, save_model_dir
-
-TRAIN_REPORT = "train_metrics.json"
+from mlcore.serialization import MODEL_FILE, ModelMetadata
+from mlcore.train import TRAIN_REPORT, add_dataset_and_output_arguments, save_validated_model
 
 
 def _only(values: list, what: str):
@@ -51,6 +50,9 @@ def ensemble_models(
     min_sensitivity = _only([c["min_sensitivity"] for c in configs], "threshold rule")
 
     models = [keras.models.load_model(Path(m) / MODEL_FILE, compile=False) for m in members]
+    nested = [str(m) for m, model in zip(members, models, strict=True) if is_ensemble(model)]
+    if nested:
+        raise ValueError(f"average single models, not ensembles: {nested}")
     ensemble = build_ensemble(models)
     _, carve = datasets.carve_validation(
         datasets.list_split(data_root, "train"), fraction=fraction, seed=split_seed
@@ -80,26 +82,18 @@ def ensemble_models(
         ],
         "environment": environment(),
     }
-    save_model_dir(ensemble, out, ModelMetadata(version or out.name, threshold, preprocessing))
-    (out / TRAIN_REPORT).write_text(json.dumps(report, indent=2))
-    write_evaluation_plots(labels, scores, metrics, out, "validation_")
+    metadata = ModelMetadata(version or out.name, threshold, preprocessing)
+    save_validated_model(ensemble, metadata, out, report, (labels, scores))
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, required=True, help="Kaggle-layout dataset root")
-    parser.add_argument("--out", type=Path, required=True, help="output model directory")
-    parser.add_argument("--version", help="model version name (default: the out folder's name)")
-    parser.add_argument("--cache-dir", type=Path, help="keep decoded arrays here between runs")
+    add_dataset_and_output_arguments(parser)
     parser.add_argument("members", type=Path, nargs="+", help="trained model directories")
     args = parser.parse_args(argv)
     report = ensemble_models(args.members, args.data, args.out, args.version, args.cache_dir)
-    m = report["metrics"]
-    print(
-        f"{args.out}: validation AUC {m['auc']:.4f}, threshold {m['threshold']:.4f}, "
-        f"sensitivity {m['sensitivity']:.3f}, specificity {m['specificity']:.3f}"
-    )
+    print(f"{args.out} on the validation carve: {summary_line(report['metrics'])}")
 
 
 if __name__ == "__main__":

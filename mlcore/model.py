@@ -149,3 +149,7 @@ def explained_layer_names(model: keras.Model) -> list[str]:
         if found and rest.endswith("_out"):
             last_stage[prefix] = layer.name
     return list(last_stage.values())
+
+
+def is_ensemble(model: keras.Model) -> bool:
+    return len(explained_layer_names(model)) > 1

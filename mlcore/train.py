@@ -25,6 +25,7 @@ from mlcore.provenance import environment
 from mlcore.serialization import MODEL_FILE, ModelMetadata, save_model_dir
 
 EpochCallback = Callable[[int, int, dict], None]
+TRAIN_REPORT = "train_metrics.json"
 
 
 class TrainingCancelled(RuntimeError):
@@ -160,6 +161,27 @@ def load_training_data(config: TrainConfig):
     return x_train, y_train, x_val, y_val, counts
 
 
+def save_validated_model(
+    model: keras.Model,
+    metadata: ModelMetadata,
+    out: Path,
+    report: dict,
+    validation: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """The model folder: weights, model.json, train_metrics.json and validation plots."""
+    save_model_dir(model, out, metadata)
+    (out / TRAIN_REPORT).write_text(json.dumps(report, indent=2))
+    labels, scores = validation
+    write_evaluation_plots(labels, scores, report["metrics"], out, "validation_")
+
+
+def add_dataset_and_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="Kaggle-layout dataset root")
+    parser.add_argument("--out", type=Path, required=True, help="output model directory")
+    parser.add_argument("--version", help="model version name (default: the out folder's name)")
+    parser.add_argument("--cache-dir", type=Path, help="keep decoded arrays here between runs")
+
+
 def train(
     config: TrainConfig,
     on_epoch: EpochCallback | None = None,
@@ -246,15 +268,15 @@ def train(
         },
         "environment": environment(),
     }
-    save_model_dir(
+    save_validated_model(
         model,
-        config.out,
         ModelMetadata(config.version or config.out.name, threshold, config.preprocessing),
+        config.out,
+        report,
+        (y_val, val_scores),
     )
-    (config.out / "train_metrics.json").write_text(json.dumps(report, indent=2))
     (config.out / "history.json").write_text(json.dumps(history.history, indent=1))
     plot_history(history.history, config.out / "training.png")
-    write_evaluation_plots(y_val, val_scores, val_metrics, config.out, "validation_")
     log(
         f"validation: AUC {val_metrics['auc']:.4f}, threshold {threshold:.4f}, "
         f"sensitivity {val_metrics['sensitivity']:.3f}, "
@@ -265,9 +287,7 @@ def train(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, required=True, help="Kaggle-layout dataset root")
-    parser.add_argument("--out", type=Path, required=True, help="output model directory")
-    parser.add_argument("--version", help="model version name (default: the out folder's name)")
+    add_dataset_and_output_arguments(parser)
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--image-size", type=int, default=TrainConfig.image_size)
@@ -312,7 +332,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--max-seconds", type=float, help="stop after the epoch that passes this time"
     )
-    parser.add_argument("--cache-dir", type=Path, help="keep decoded arrays here between runs")
     args = vars(parser.parse_args(argv))
     train(TrainConfig(**args))
 

@@ -127,6 +127,8 @@ def test_an_ensemble_can_be_fine_tuned_like_a_single_model(trained_members, tmp_
     tuned = Predictor.load(config.out)
     assert explained_layer_names(tuned.model) == ["m0_stage4_out", "m1_stage4_out"]
     assert "augment" in [layer.name for layer in tuned.model.layers]
+    with pytest.raises(ValueError, match="not ensembles"):
+        ensemble_models([config.out, trained_members[0]], DATASET, tmp_path / "nested")
 
 
 def test_max_zoom_in_sets_how_far_augmentation_magnifies():
