@@ -19,7 +19,7 @@ import numpy as np
 from mlcore import data as datasets
 from mlcore.evaluate import summary_line
 from mlcore.metrics import binary_metrics, pick_threshold
-from mlcore.model import build_ensemble, is_ensemble
+from mlcore.model import build_ensemble
 from mlcore.provenance import environment
 from mlcore.serialization import MODEL_FILE, ModelMetadata
 from mlcore.train import TRAIN_REPORT, add_dataset_and_output_arguments, save_validated_model
@@ -29,6 +29,22 @@ def _only(values: list, what: str):
     if len(set(values)) != 1:
         raise ValueError(f"the members differ in {what}: {values}")
     return values[0]
+
+
+def merged_config(configs: Sequence[dict]) -> dict:
+    """The members' training settings: one value where they agree, a list where they differ.
+
+    Per-run settings (where it was written, time limits, subsets) do not describe the
+    ensemble and are left out.
+    """
+    per_run = {"out", "version", "max_seconds", "limit_per_class", "cache_dir", "init_model"}
+    merged = {}
+    for key in configs[0]:
+        if key in per_run:
+            continue
+        values = [config.get(key) for config in configs]
+        merged[key] = values[0] if all(v == values[0] for v in values) else values
+    return merged
 
 
 def ensemble_models(
@@ -41,6 +57,8 @@ def ensemble_models(
     """Write the averaged model to `out` and return its validation report."""
     if len(members) < 2:
         raise ValueError("an ensemble needs at least two members")
+    if any(Path(out).resolve() == Path(m).resolve() for m in members):
+        raise ValueError(f"{out} is one of the members; write the ensemble elsewhere")
     started = time.perf_counter()
     reports = [json.loads((Path(m) / TRAIN_REPORT).read_text()) for m in members]
     configs = [r["config"] for r in reports]
@@ -50,9 +68,6 @@ def ensemble_models(
     min_sensitivity = _only([c["min_sensitivity"] for c in configs], "threshold rule")
 
     models = [keras.models.load_model(Path(m) / MODEL_FILE, compile=False) for m in members]
-    nested = [str(m) for m, model in zip(members, models, strict=True) if is_ensemble(model)]
-    if nested:
-        raise ValueError(f"average single models, not ensembles: {nested}")
     ensemble = build_ensemble(models)
     _, carve = datasets.carve_validation(
         datasets.list_split(data_root, "train"), fraction=fraction, seed=split_seed
@@ -61,19 +76,28 @@ def ensemble_models(
     scores = ensemble.predict(pixels.astype(np.float32), batch_size=64, verbose=0).ravel()
     threshold = pick_threshold(labels, scores, min_sensitivity)
     metrics = binary_metrics(labels, scores, threshold)
+    version = version or out.name
     report = {
         "split": reports[0]["split"],
         "metrics": metrics,
         "threshold_rule": reports[0]["threshold_rule"],
-        "data": reports[0]["data"],
+        "data": {
+            **reports[0]["data"],
+            "validation": {
+                "normal": int((labels == 0).sum()),
+                "pneumonia": int((labels == 1).sum()),
+            },
+            "validation_patients": len({s.patient for s in carve}),
+        },
         "training": {
             "seconds": round(sum(r["training"]["seconds"] for r in reports), 1),
             "epochs_run": [r["training"]["epochs_run"] for r in reports],
             "ensemble_seconds": round(time.perf_counter() - started, 1),
         },
         "config": {
-            **configs[0],
-            "seed": [c["seed"] for c in configs],
+            **merged_config(configs),
+            "out": str(out),
+            "version": version,
             "ensemble_members": [Path(m).name for m in members],
         },
         "members": [
@@ -82,8 +106,8 @@ def ensemble_models(
         ],
         "environment": environment(),
     }
-    metadata = ModelMetadata(version or out.name, threshold, preprocessing)
-    save_validated_model(ensemble, metadata, out, report, (labels, scores))
+    metadata = ModelMetadata(version, threshold, preprocessing)
+    save_validated_model(ensemble, out, metadata, report, (labels, scores))
     return report
 
 

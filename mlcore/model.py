@@ -22,8 +22,9 @@ def build_augmenter(
     zoom range of the width alone: pneumonia films in train/ are much wider than they are
     tall (median 1.50 against 1.21 for normal films), and once stretched to a square the
     chest's proportions alone would hint at the label. `max_zoom_in` is how far a film may be
-    magnified (Keras zoom factor, before `strength`): a film framed tighter than training's
-    shows the chest larger, and a model cropping to the body sees that as it comes.
+    magnified (Keras zoom factor, scaled by `strength`; 0.25 is up to 1.33x), for films
+    framed tighter than training's. In round 4 of models/*/CANDIDATES.md it did not make
+    tight framing safer, so it stays at its old default.
 
     No horizontal flip: a flipped chest film puts the heart on the wrong side, an anatomy
     the classifier never meets in practice. Blur, noise, contrast and brightness cover the
@@ -114,6 +115,12 @@ def build_ensemble(members: Sequence[keras.Model]) -> keras.Model:
     single model. The first member's augmentation layers are kept: they do nothing at
     inference, and fine-tuning the ensemble then augments as training did.
     """
+    if not members:
+        raise ValueError("an ensemble needs members")
+    if any(is_ensemble(member) for member in members):
+        raise ValueError("average single models, not ensembles")
+    if len({tuple(member.input_shape) for member in members}) != 1:
+        raise ValueError("the members take inputs of different sizes")
     first = members[0]
     size = first.input_shape[1]
     inputs = keras.Input((size, size, 1), name="xray")
@@ -152,4 +159,5 @@ def explained_layer_names(model: keras.Model) -> list[str]:
 
 
 def is_ensemble(model: keras.Model) -> bool:
+    """True for a graph made by build_ensemble (several members), false for one network."""
     return len(explained_layer_names(model)) > 1

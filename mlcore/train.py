@@ -163,8 +163,8 @@ def load_training_data(config: TrainConfig):
 
 def save_validated_model(
     model: keras.Model,
-    metadata: ModelMetadata,
     out: Path,
+    metadata: ModelMetadata,
     report: dict,
     validation: tuple[np.ndarray, np.ndarray],
 ) -> None:
@@ -270,8 +270,8 @@ def train(
     }
     save_validated_model(
         model,
-        ModelMetadata(config.version or config.out.name, threshold, config.preprocessing),
         config.out,
+        ModelMetadata(config.version or config.out.name, threshold, config.preprocessing),
         report,
         (y_val, val_scores),
     )
@@ -312,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--max-zoom-in",
         type=float,
         default=TrainConfig.max_zoom_in,
-        help="how far augmentation may magnify a film (0.25: up to 1.33x)",
+        help="how far augmentation may magnify a film (0.25: up to 1.33x at strength 1)",
     )
     parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
     parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)

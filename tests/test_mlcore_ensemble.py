@@ -17,13 +17,28 @@ from mlcore.model import build_ensemble, build_model, explained_layer_names
 from mlcore.serialization import ModelMetadata
 from mlcore.train import TrainConfig, train
 
-SIZE = 64
+SIZE = 128
+TRAINED_SIZE = 64  # the members trained on real films: small, so the fixture is quick
+
+
+def randomise(model: keras.Model, rng: np.random.Generator) -> keras.Model:
+    """Weights unlike a fresh network's (BN statistics, biases), so copying them matters."""
+    for layer in model.layers:
+        if layer.weights and layer.name != "augment":
+            layer.set_weights(
+                [np.abs(rng.normal(0.5, 0.2, w.shape)) + 0.1 for w in layer.get_weights()]
+                if isinstance(layer, keras.layers.BatchNormalization)
+                else [rng.normal(0.0, 0.1, w.shape) for w in layer.get_weights()]
+            )
+    return model
 
 
 @pytest.fixture(scope="module")
 def members():
     keras.backend.clear_session()
-    return [build_model(SIZE, width=16, seed=seed) for seed in (0, 1)]
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    return [randomise(build_model(SIZE, width=w, seed=0), rng) for w in (16, 24)]
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +70,25 @@ def test_gradcam_explains_every_member(members, pixels):
     ensemble = build_ensemble(members)
     assert explained_layer_names(ensemble) == ["m0_stage4_out", "m1_stage4_out"]
     assert explained_layer_names(members[0]) == ["stage4_out"]
-    cam = GradCam(ensemble)(pixels[0].astype(np.uint8))
-    assert cam.shape == (SIZE // 32, SIZE // 32)
-    assert 0.0 <= cam.min() and cam.max() <= 1.0
+    image = pixels[0].astype(np.uint8)
+    for silent, speaking in ((0, 1), (1, 0)):
+        # A member whose score ignores its features adds no heat: the map is the other's.
+        dense = ensemble.get_layer(f"m{silent}_pneumonia")
+        kernel, bias = dense.get_weights()
+        dense.set_weights([np.zeros_like(kernel), bias])
+        expected = GradCam(members[speaking])(image)
+        assert expected.max() == pytest.approx(1.0)
+        assert np.allclose(GradCam(ensemble)(image), expected, atol=1e-4)
+        dense.set_weights([kernel, bias])
+
+
+def test_ensembles_of_ensembles_and_mixed_sizes_are_refused(members, tmp_path):
+    with pytest.raises(ValueError, match="not ensembles"):
+        build_ensemble([build_ensemble(members), members[0]])
+    with pytest.raises(ValueError, match="sizes"):
+        build_ensemble([members[0], build_model(SIZE // 2, width=16)])
+    with pytest.raises(ValueError, match="two members"):
+        ensemble_models([tmp_path], DATASET, tmp_path / "e")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +103,7 @@ def trained_members(tmp_path_factory):
             out=root / f"s{seed}",
             epochs=1,
             batch_size=16,
-            image_size=SIZE,
+            image_size=TRAINED_SIZE,
             limit_per_class=12,
             width=16,
             seed=seed,
@@ -97,6 +128,19 @@ def test_ensemble_cli_output_is_served_like_any_model(trained_members, tmp_path)
     assert predictor.predict(film).probability == pytest.approx(expected, abs=1e-5)
 
 
+def test_members_beside_different_carves_are_refused(trained_members, tmp_path):
+    report_file = trained_members[1] / "train_metrics.json"
+    original = report_file.read_text()
+    report = json.loads(original)
+    report["config"]["split_seed"] += 1
+    report_file.write_text(json.dumps(report))
+    try:
+        with pytest.raises(ValueError, match="carve seed"):
+            ensemble_models(trained_members, DATASET, tmp_path / "e")
+    finally:
+        report_file.write_text(original)
+
+
 def test_members_with_different_preprocessing_are_refused(trained_members, tmp_path):
     metadata = ModelMetadata.read(trained_members[1])
     cropped = dataclasses.replace(
@@ -119,7 +163,7 @@ def test_an_ensemble_can_be_fine_tuned_like_a_single_model(trained_members, tmp_
         out=tmp_path / "tuned",
         epochs=1,
         batch_size=16,
-        image_size=SIZE,
+        image_size=TRAINED_SIZE,
         limit_per_class=12,
         init_model=tmp_path / "ensemble",
     )
@@ -129,12 +173,5 @@ def test_an_ensemble_can_be_fine_tuned_like_a_single_model(trained_members, tmp_
     assert "augment" in [layer.name for layer in tuned.model.layers]
     with pytest.raises(ValueError, match="not ensembles"):
         ensemble_models([config.out, trained_members[0]], DATASET, tmp_path / "nested")
-
-
-def test_max_zoom_in_sets_how_far_augmentation_magnifies():
-    zoom = next(
-        layer
-        for layer in build_model(SIZE, width=16, max_zoom_in=0.3).get_layer("augment").layers
-        if isinstance(layer, keras.layers.RandomZoom)
-    )
-    assert zoom.height_factor == (-0.3, 0.15) and zoom.width_factor is None
+    with pytest.raises(ValueError, match="one of the members"):
+        ensemble_models(trained_members, DATASET, trained_members[0])

@@ -88,6 +88,7 @@ def test_short_training_run_lowers_the_loss_and_writes_every_artefact(dataset_ro
         limit_per_class=24,
         width=16,
         learning_rate=3e-3,
+        max_zoom_in=0.3,
     )
     report = train(config, on_epoch=lambda i, n, logs: epochs_seen.append(i), log=lambda _: None)
     history = json.loads((config.out / "history.json").read_text())
@@ -106,6 +107,12 @@ def test_short_training_run_lowers_the_loss_and_writes_every_artefact(dataset_ro
     assert report["environment"]["keras"] == keras.__version__
     reloaded = Predictor.load(config.out)
     assert reloaded.threshold == pytest.approx(report["metrics"]["threshold"])
+    zoom = next(
+        layer
+        for layer in reloaded.model.get_layer("augment").layers
+        if isinstance(layer, keras.layers.RandomZoom)
+    )
+    assert zoom.height_factor == (-0.3, 0.15)  # --max-zoom-in reached the network
 
 
 def test_cancelled_training_writes_no_model(dataset_root, tmp_path):

@@ -55,20 +55,21 @@ def input_steps(config: dict) -> str:
     return ", ".join(steps)
 
 
-def architecture(config: dict) -> str:
-    members = config.get("ensemble_members")
-    if not members:
-        width = config["width"]
-        return f"Small residual CNN (`mlcore/model.py`, width {width}, {{params}} parameters)"
-    seeds = ", ".join(str(seed) for seed in config["seed"])
+def architecture(model, config: dict) -> str:
+    """One line on the network, read from the model itself (a fine-tuned ensemble included)."""
+    widths = [layer.filters for layer in model.layers if layer.name.endswith("stem_conv")]
+    params = f"{model.count_params():,}"
+    if len(widths) == 1:
+        return f"Small residual CNN (`mlcore/model.py`, width {widths[0]}, {params} parameters)"
+    seeds = config.get("seed")
+    trained = f", trained alone with seeds {seeds}" if isinstance(seeds, list) else ""
     return (
-        f"Average of {len(members)} small residual CNNs (`mlcore/model.py`, "
-        f"`build_ensemble`; width {config['width']}, seeds {seeds}, {{params}} parameters in "
-        f"all), each trained alone by the recipe below, served as one graph"
+        f"Average of {len(widths)} small residual CNNs (`mlcore/model.py`, `build_ensemble`; "
+        f"widths {widths}, {params} parameters in all{trained}), served as one graph"
     )
 
 
-def model_card(model_dir: Path) -> str:
+def model_card(model_dir: Path, model) -> str:
     trained = json.loads((model_dir / "train_metrics.json").read_text())
     test = json.loads((model_dir / "test_metrics.json").read_text())
     val, tst = trained["metrics"], test["metrics"]
@@ -109,7 +110,7 @@ Data: Mendeley Data v2, doi:10.17632/rscbjbr9sj.2, licence CC BY 4.0 (a resized 
   evaluated once, after every choice was made on validation.
 
 ## Recipe
-{architecture(config)} on
+{architecture(model, config)} on
 {size}x{size} grayscale input (`mlcore/preprocess.py`): {input_steps(config)}.
 Augmentation: rotation, zoom, shift, contrast, brightness, Gaussian blur and noise; no
 horizontal flip. AdamW (weight decay {config["weight_decay"]}), cosine learning-rate schedule,
@@ -162,8 +163,7 @@ def main() -> None:
     report = evaluate(target, args.data, "test", cache_dir=args.cache_dir)
     print(f"test: {summary_line(report['metrics'])}")
     record_sample_readings(target, args.samples)
-    params = f"{Predictor.load(target).model.count_params():,}"
-    card = model_card(target).replace("{params}", params).replace("{history}", args.history)
+    card = model_card(target, Predictor.load(target).model).replace("{history}", args.history)
     (target / "MODEL_CARD.md").write_text(card)
 
 
