@@ -3,12 +3,12 @@
 python training/intensity_shift.py --data DIR [--model DIR]
 
 The official val/ split (the same source as test/) differs from the validation carve of
-train/. This prints the mean grey level of the central half of the model's view (cropped to
-the body, stretched to 224x224) for the carve and for val/, once raw, once after histogram
-equalisation (what the models use) and once after a 1st-99th percentile stretch. A
-normalisation that generalises should shrink the gap between the two splits' normal films
-compared with the gap between normal and pneumonia films. Model-free: `--model` only names
-the carve to use. Never reads test/.
+train/. Each film is cut to the body (`body_box`, whatever the model does) and stretched to
+224x224; this prints the mean grey level of its central half (lungs, heart and spine) for
+the carve and for val/, raw, after histogram equalisation (what the models use) and after
+a 1st-99th percentile stretch. A normalisation that generalises should shrink the gap
+between the two splits' normal films compared with the gap between normal and pneumonia
+films. Model-free: `--model` only names the carve to use. Never reads test/.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from mlcore.imageio import decode_image
-from mlcore.preprocess import body_box, to_grayscale_8bit
+from mlcore.imageio import decode_image, to_grayscale_8bit
+from mlcore.preprocess import body_box
 from training.splits import carve_settings, validation_splits
 
 SIZE = 224
@@ -32,7 +32,7 @@ def centre_means(path: Path) -> dict[str, float]:
     box = body_box(image)
     if box is not None:
         image = image.crop(box)
-    image = image.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+    image = image.resize((SIZE, SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0)
     raw = np.asarray(image, np.float32)
     low, high = np.percentile(raw, [1, 99])
     views = {
