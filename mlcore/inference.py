@@ -70,6 +70,8 @@ class Predictor:
     def load(cls, model_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Predictor:
         import keras
 
+        import mlcore.layers  # noqa: F401 - registers the custom layers saved models may use
+
         model = keras.models.load_model(Path(model_dir) / MODEL_FILE, compile=False)
         return cls(model, ModelMetadata.read(model_dir), max_pixels)
 

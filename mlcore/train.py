@@ -47,6 +47,7 @@ class TrainConfig:
     augment_strength: float = 1.0
     aspect_jitter: float = 0.0
     max_zoom_in: float = 0.1
+    centre_brightness: float = 0.0
     learning_rate: float = 2e-3
     weight_decay: float = 5e-4
     seed: int = 0
@@ -214,6 +215,7 @@ def train(
             augment_strength=config.augment_strength,
             aspect_jitter=config.aspect_jitter,
             max_zoom_in=config.max_zoom_in,
+            centre_brightness=config.centre_brightness,
         )
     steps = int(np.ceil(len(x_train) / config.batch_size))
     _compile(model, config, steps)
@@ -313,6 +315,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=float,
         default=TrainConfig.max_zoom_in,
         help="how far augmentation may magnify a film (0.25: up to 1.33x at strength 1)",
+    )
+    parser.add_argument(
+        "--centre-brightness",
+        type=float,
+        default=TrainConfig.centre_brightness,
+        help="lighten or darken the middle of the film by up to this much (0-1 scale; 0: off)",
     )
     parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
     parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)

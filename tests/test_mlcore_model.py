@@ -89,6 +89,7 @@ def test_short_training_run_lowers_the_loss_and_writes_every_artefact(dataset_ro
         width=16,
         learning_rate=3e-3,
         max_zoom_in=0.3,
+        centre_brightness=0.05,
     )
     report = train(config, on_epoch=lambda i, n, logs: epochs_seen.append(i), log=lambda _: None)
     history = json.loads((config.out / "history.json").read_text())
@@ -113,6 +114,8 @@ def test_short_training_run_lowers_the_loss_and_writes_every_artefact(dataset_ro
         if isinstance(layer, keras.layers.RandomZoom)
     )
     assert list(zoom.height_factor) == [-0.3, 0.15]  # --max-zoom-in reached the network
+    centre = reloaded.model.get_layer("augment").layers[5]
+    assert centre.__class__.__name__ == "RandomCentreBrightness" and centre.factor == 0.05
 
 
 def test_cancelled_training_writes_no_model(dataset_root, tmp_path):
