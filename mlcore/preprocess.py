@@ -48,10 +48,10 @@ class Preprocessing:
         """
         return self.with_box(image, max_pixels)[0]
 
-    def with_box(
+    def framed(
         self, image: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS
-    ) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
-        """The model input, and the part of the film it shows (None: all of it)."""
+    ) -> tuple[Image.Image, tuple[int, int, int, int] | None]:
+        """The grayscale square the model sees, before intensity normalisation, and its box."""
         if isinstance(image, bytes | bytearray | memoryview):
             image = decode_image(bytes(image), max_pixels=max_pixels)
         image = to_grayscale_8bit(image)
@@ -60,6 +60,13 @@ class Preprocessing:
             image = image.crop(box)
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        return image, box
+
+    def with_box(
+        self, image: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+        """The model input, and the part of the film it shows (None: all of it)."""
+        image, box = self.framed(image, max_pixels)
         if self.normalization == "clahe":
             pixels = clahe(np.asarray(image, dtype=np.uint8))
         else:

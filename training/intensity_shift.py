@@ -17,22 +17,17 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
-from mlcore.imageio import decode_image, to_grayscale_8bit
-from mlcore.preprocess import body_box
+from mlcore.preprocess import Preprocessing
 from training.splits import carve_settings, validation_splits
 
-SIZE = 224
-CENTRE = slice(SIZE // 4, 3 * SIZE // 4)
+CROPPED = Preprocessing(size=224, crop_to_body=True)
+CENTRE = slice(CROPPED.size // 4, 3 * CROPPED.size // 4)
 
 
 def centre_means(path: Path) -> dict[str, float]:
-    image = to_grayscale_8bit(decode_image(path.read_bytes()))
-    box = body_box(image)
-    if box is not None:
-        image = image.crop(box)
-    image = image.resize((SIZE, SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    image, _ = CROPPED.framed(path.read_bytes())
     raw = np.asarray(image, np.float32)
     low, high = np.percentile(raw, [1, 99])
     views = {
