@@ -24,7 +24,7 @@ from diagnoses.imaging import (
 )
 from diagnoses.models import Case, ModelVersion, Prediction
 from mlcore.framing import body_share
-from mlcore.serialization import ModelMetadata
+from mlcore.serialization import TRAIN_REPORT, ModelMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def _read_report(path: Path) -> dict:
 
 def register_model_dir(model_dir: Path) -> ModelVersion:
     """Register a shipped model folder (model.json, model.keras, metrics and plots)."""
-    trained = _read_report(model_dir / "train_metrics.json")
+    trained = _read_report(model_dir / TRAIN_REPORT)
     tested = _read_report(model_dir / "test_metrics.json")
     model_version = ModelVersion.from_metadata(
         ModelMetadata.read(model_dir),

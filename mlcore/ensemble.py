@@ -21,8 +21,8 @@ from mlcore.evaluate import summary_line
 from mlcore.metrics import binary_metrics, pick_threshold
 from mlcore.model import build_ensemble
 from mlcore.provenance import environment
-from mlcore.serialization import MODEL_FILE, ModelMetadata
-from mlcore.train import TRAIN_REPORT, add_dataset_and_output_arguments, save_validated_model
+from mlcore.serialization import MODEL_FILE, TRAIN_REPORT, ModelMetadata
+from mlcore.train import add_dataset_and_output_arguments, save_validated_model
 
 
 def _only(values: list, what: str):

@@ -10,6 +10,7 @@ from mlcore.preprocess import Preprocessing
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "model.json"
+TRAIN_REPORT = "train_metrics.json"  # validation metrics, data counts, training settings
 
 
 @dataclass(frozen=True)

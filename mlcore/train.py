@@ -22,10 +22,9 @@ from mlcore.model import build_model
 from mlcore.plots import plot_history, write_evaluation_plots
 from mlcore.preprocess import IMAGE_SIZE, NORMALIZATIONS, Preprocessing
 from mlcore.provenance import environment
-from mlcore.serialization import MODEL_FILE, ModelMetadata, save_model_dir
+from mlcore.serialization import MODEL_FILE, TRAIN_REPORT, ModelMetadata, save_model_dir
 
 EpochCallback = Callable[[int, int, dict], None]
-TRAIN_REPORT = "train_metrics.json"
 
 
 class TrainingCancelled(RuntimeError):

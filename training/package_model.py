@@ -21,9 +21,9 @@ sys.path.insert(0, str(REPO))
 
 from mlcore.evaluate import evaluate, summary_line  # noqa: E402
 from mlcore.inference import Predictor  # noqa: E402
-from mlcore.serialization import ModelMetadata  # noqa: E402
+from mlcore.serialization import MODEL_FILE, TRAIN_REPORT, ModelMetadata  # noqa: E402
 
-KEEP = ("model.keras", "train_metrics.json", "validation_roc.png", "validation_confusion.png")
+KEEP = (MODEL_FILE, TRAIN_REPORT, "validation_roc.png", "validation_confusion.png")
 KEEP_IF_PRESENT = ("history.json", "training.png")  # an ensemble has no training curves
 
 
@@ -70,7 +70,7 @@ def architecture(model, config: dict) -> str:
 
 
 def model_card(model_dir: Path, model) -> str:
-    trained = json.loads((model_dir / "train_metrics.json").read_text())
+    trained = json.loads((model_dir / TRAIN_REPORT).read_text())
     test = json.loads((model_dir / "test_metrics.json").read_text())
     val, tst = trained["metrics"], test["metrics"]
     config, data, env = trained["config"], trained["data"], test["environment"]

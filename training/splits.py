@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 from mlcore import data as datasets
+from mlcore.serialization import TRAIN_REPORT
 
 
 def carve_settings(model_dir: Path) -> tuple[int, float]:
     """(split seed, fraction) of the validation carve the model was trained beside."""
-    config = json.loads((model_dir / "train_metrics.json").read_text())["config"]
+    config = json.loads((model_dir / TRAIN_REPORT).read_text())["config"]
     return config["split_seed"], config["val_fraction"]
 
 
