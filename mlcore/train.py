@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from mlcore import data as datasets
+from mlcore.balance import film_aspect, shape_balancing_weights
 from mlcore.metrics import binary_metrics, pick_threshold
 from mlcore.model import build_model
 from mlcore.plots import plot_history, write_evaluation_plots
@@ -47,6 +48,7 @@ class TrainConfig:
     aspect_jitter: float = 0.0
     max_zoom_in: float = 0.1
     centre_brightness: float = 0.0
+    balance_film_shape: bool = False
     learning_rate: float = 2e-3
     weight_decay: float = 5e-4
     seed: int = 0
@@ -78,9 +80,11 @@ def _limit(
     return kept
 
 
-def _class_weights(labels: np.ndarray) -> dict[int, float]:
+def _class_weights(labels: np.ndarray) -> np.ndarray:
+    """Per-sample weights that give both classes the same total weight."""
     counts = np.bincount(labels.astype(int), minlength=2)
-    return {c: float(len(labels) / (2 * max(n, 1))) for c, n in enumerate(counts)}
+    per_class = len(labels) / (2 * np.maximum(counts, 1))
+    return per_class[labels.astype(int)]
 
 
 class _ProgressCallback(keras.callbacks.Callback):
@@ -137,7 +141,10 @@ def _compile(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> N
 
 
 def load_training_data(config: TrainConfig):
-    """(x_train, y_train, x_val, y_val, counts) with the patient-wise validation carve."""
+    """(x_train, y_train, x_val, y_val, counts, train_files): the patient-wise carve.
+
+    `train_files` are the paths of x_train's films, in order.
+    """
     train_samples, val_samples = datasets.carve_validation(
         datasets.list_split(config.data, "train"),
         fraction=config.val_fraction,
@@ -158,7 +165,8 @@ def load_training_data(config: TrainConfig):
         "extra_reviewed": len(extra),
         "validation_patients": len({s.patient for s in val_samples}),
     }
-    return x_train, y_train, x_val, y_val, counts
+    train_files = [s.path for s in train_samples] + [s.path for s in extra]
+    return x_train, y_train, x_val, y_val, counts, train_files
 
 
 def save_validated_model(
@@ -198,8 +206,11 @@ def train(
             )
     keras.utils.set_random_seed(config.seed)
     started = time.perf_counter()
-    x_train, y_train, x_val, y_val, counts = load_training_data(config)
+    x_train, y_train, x_val, y_val, counts, train_files = load_training_data(config)
     log(f"data: {json.dumps(counts)} (loaded in {time.perf_counter() - started:.1f}s)")
+    sample_weight = _class_weights(y_train)
+    if config.balance_film_shape:
+        sample_weight *= shape_balancing_weights([film_aspect(p) for p in train_files], y_train)
     x_train, x_val = x_train.astype(np.float32), x_val.astype(np.float32)
 
     if config.init_model:
@@ -229,7 +240,7 @@ def train(
         validation_data=(x_val, y_val),
         epochs=config.epochs,
         batch_size=config.batch_size,
-        class_weight=_class_weights(y_train),
+        sample_weight=sample_weight,
         callbacks=[
             keras.callbacks.ModelCheckpoint(
                 checkpoint, monitor="val_loss", save_best_only=True, save_weights_only=True
@@ -320,6 +331,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=float,
         default=TrainConfig.centre_brightness,
         help="lighten or darken the middle of the film by up to this much (0-1 scale; 0: off)",
+    )
+    parser.add_argument(
+        "--balance-film-shape",
+        action="store_true",
+        help="weight films so both classes share one distribution of aspect ratios",
     )
     parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
     parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)

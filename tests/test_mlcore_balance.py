@@ -1,0 +1,57 @@
+"""Film-shape balancing weights: both classes end up with one aspect distribution."""
+
+import numpy as np
+from PIL import Image
+
+from mlcore.balance import film_aspect, shape_balancing_weights
+
+
+def _bin_shares(aspects, labels, weights, label, edges):
+    chosen = labels == label
+    bins = np.digitize(aspects[chosen], edges)
+    return np.bincount(bins, weights=weights[chosen], minlength=len(edges) + 1) / weights[
+        chosen
+    ].sum()
+
+
+def test_weights_give_both_classes_the_same_aspect_distribution():
+    rng = np.random.default_rng(0)
+    normal = rng.normal(1.25, 0.1, 400)
+    sick = rng.normal(1.4, 0.12, 900)
+    aspects = np.concatenate([normal, sick])
+    labels = np.array([0] * 400 + [1] * 900)
+    weights = shape_balancing_weights(list(aspects), labels, bins=5, max_weight=100)
+    edges = np.quantile(aspects, [0.2, 0.4, 0.6, 0.8])
+    before = np.abs(
+        _bin_shares(aspects, labels, np.ones(1300), 0, edges)
+        - _bin_shares(aspects, labels, np.ones(1300), 1, edges)
+    ).sum()
+    after = np.abs(
+        _bin_shares(aspects, labels, weights, 0, edges)
+        - _bin_shares(aspects, labels, weights, 1, edges)
+    ).sum()
+    assert before > 0.5 and after < 1e-9
+    for label in (0, 1):
+        assert np.isclose(weights[labels == label].mean(), 1.0)
+
+
+def test_unknown_aspects_keep_weight_one_and_weights_are_clipped():
+    rng = np.random.default_rng(1)
+    aspects = [*rng.normal(1.2, 0.05, 200), *rng.normal(1.6, 0.05, 200), None, None]
+    labels = np.array([0] * 200 + [1] * 200 + [0, 1])
+    weights = shape_balancing_weights(aspects, labels, bins=5, max_weight=3.0)
+    assert weights[-2:].tolist() == [1.0, 1.0]
+    known = weights[:-2]
+    assert known.max() / known[:200].min() <= 9.0 + 1e-9  # 3x up over 3x down at most
+
+
+def test_too_few_known_films_leave_every_weight_at_one():
+    weights = shape_balancing_weights([1.2, None, 1.5], np.array([0, 1, 1]))
+    assert weights.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_film_aspect_reads_the_stored_size_and_skips_stretched_copies(tmp_path):
+    Image.new("L", (300, 200)).save(tmp_path / "wide.jpeg")
+    Image.new("L", (224, 224)).save(tmp_path / "stretched.jpeg")
+    assert film_aspect(tmp_path / "wide.jpeg") == 1.5
+    assert film_aspect(tmp_path / "stretched.jpeg") is None
