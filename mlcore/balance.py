@@ -36,9 +36,10 @@ def shape_balancing_weights(
     """One weight per film: the target share of its aspect bin over its class's share.
 
     Bins are quantiles of the known aspects; the target is the even mix of the two classes'
-    distributions, so neither class's films are stretched far to look like the other's. Weights are clipped to
-    [1/max_weight, max_weight] and rescaled to average 1 within each class, so class
-    balancing is left to the class weights. Films of unknown aspect keep weight 1.
+    distributions, so neither class is pulled all the way to look like the other. A bin that
+    one class lacks cannot be matched. Weights are clipped to [1/max_weight, max_weight] and
+    rescaled to average 1 within each class, so class balancing is left to the class
+    weights. Films of unknown aspect keep weight 1.
     """
     labels = np.asarray(labels).astype(int)
     weights = np.ones(len(labels), dtype=np.float64)
