@@ -69,6 +69,15 @@ def architecture(model, config: dict) -> str:
     )
 
 
+def shape_weights(config: dict) -> str:
+    if not config.get("balance_film_shape"):
+        return ""
+    return (
+        " times film-shape weights (`mlcore/balance.py`: both classes share one distribution"
+        " of aspect ratios)"
+    )
+
+
 def model_card(model_dir: Path, model) -> str:
     trained = json.loads((model_dir / TRAIN_REPORT).read_text())
     test = json.loads((model_dir / "test_metrics.json").read_text())
@@ -114,7 +123,8 @@ Data: Mendeley Data v2, doi:10.17632/rscbjbr9sj.2, licence CC BY 4.0 (a resized 
 {size}x{size} grayscale input (`mlcore/preprocess.py`): {input_steps(config)}.
 Augmentation: rotation, zoom, shift, contrast, brightness, Gaussian blur and noise; no
 horizontal flip. AdamW (weight decay {config["weight_decay"]}), cosine learning-rate schedule,
-label smoothing 0.05, balanced class weights, checkpoint with the lowest validation loss.
+label smoothing 0.05, balanced class weights{shape_weights(config)}, checkpoint with the lowest
+validation loss.
 {{history}}
 
 Operating threshold: {tst["threshold"]:.4f}, the {trained["threshold_rule"]}.
@@ -140,6 +150,9 @@ Test confusion matrix (rows true, columns predicted):
 - Bacterial and viral pneumonia are one class; the model does not tell them apart.
 - Grad-CAM heatmaps show what drove the score, not where the disease is.
 - Framing can change the reading: check it with `training/framing_sensitivity.py`.
+- Children with pneumonia in `train/` were imaged on smaller, wider films (they are younger)
+  than healthy ones, so a model can learn to read a small child's film as sick. Check how
+  far its scores follow film size within each class with `training/film_shape.py`.
 
 Evaluated with Keras {env["keras"]} ({env["keras_backend"]}), Python {env["python"]},
 git commit `{env["git_commit"]}`.
