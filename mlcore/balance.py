@@ -10,13 +10,15 @@ shortcut away where the shape is known.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from mlcore.data import STRETCHED_COPY_SIZE
+from mlcore.data import STRETCHED_COPY_SIZE, Sample
+from mlcore.metrics import rank_correlation
+from mlcore.shape_estimator import ShapeEstimator
 
 
 def film_aspect(path: Path) -> float | None:
@@ -63,3 +65,48 @@ def shape_balancing_weights(
         known_weights[in_class] = ratio / ratio.mean()
     weights[known] = known_weights
     return weights
+
+
+def film_shape_weights(
+    train: Sequence[Sample],
+    validation: Sequence[Sample],
+    estimate: bool = False,
+    seed: int | None = None,
+    cache_dir=None,
+    log: Callable[[str], None] = print,
+) -> tuple[np.ndarray, dict]:
+    """Balancing weights for the training films, and a summary for the training report.
+
+    With `estimate`, the shape of each stretched copy is guessed by a `ShapeEstimator`
+    fitted on the training originals, and the guesses are checked on the validation
+    originals (rank correlation with their true aspect ratio).
+    """
+    aspects = [film_aspect(sample.path) for sample in train]
+    labels = np.array([sample.label for sample in train])
+    summary: dict = {"films_of_known_shape": sum(a is not None for a in aspects)}
+    unknown = [i for i, aspect in enumerate(aspects) if aspect is None]
+    if estimate and unknown:
+        known = [i for i, aspect in enumerate(aspects) if aspect is not None]
+        estimator = ShapeEstimator.fit(
+            [train[i] for i in known], [aspects[i] for i in known], seed=seed, cache_dir=cache_dir
+        )
+        for index, guess in zip(
+            unknown, estimator.estimate([train[i] for i in unknown], cache_dir), strict=True
+        ):
+            aspects[index] = float(guess)
+        checked = [(s, film_aspect(s.path)) for s in validation]
+        checked = [(s, aspect) for s, aspect in checked if aspect is not None]
+        if len(checked) > 2:
+            guesses = estimator.estimate([s for s, _ in checked], cache_dir)
+            rho = rank_correlation(guesses, [aspect for _, aspect in checked])
+            summary["estimator_rank_correlation_on_validation"] = round(rho, 4)
+            log(f"film-shape estimator: rank correlation {rho:.3f} on {len(checked)} originals")
+        summary["films_of_estimated_shape"] = len(unknown)
+        summary["median_aspect"] = {
+            kind: {
+                name: round(float(np.median([aspects[i] for i in group if labels[i] == label])), 3)
+                for label, name in enumerate(("normal", "pneumonia"))
+            }
+            for kind, group in (("known", known), ("estimated", unknown))
+        }
+    return shape_balancing_weights(aspects, labels), summary

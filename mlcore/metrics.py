@@ -76,3 +76,14 @@ def pick_threshold(labels: np.ndarray, scores: np.ndarray, min_sensitivity: floa
     _, tpr, thresholds = roc_curve(labels, scores)
     admissible = np.flatnonzero(tpr >= min_sensitivity)
     return float(thresholds[admissible[0]]) if admissible.size else float(np.min(scores))
+
+
+def rank_correlation(a, b) -> float:
+    """Spearman's rho, ties given their average rank."""
+
+    def ranks(values) -> np.ndarray:
+        _, inverse, counts = np.unique(np.asarray(values), return_inverse=True, return_counts=True)
+        ends = np.cumsum(counts)
+        return ((ends - counts + ends - 1) / 2)[inverse]
+
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from mlcore import data as datasets
-from mlcore.balance import film_aspect, shape_balancing_weights
+from mlcore.balance import film_shape_weights
 from mlcore.metrics import binary_metrics, pick_threshold
 from mlcore.model import build_model
 from mlcore.plots import plot_history, write_evaluation_plots
@@ -49,6 +49,7 @@ class TrainConfig:
     max_zoom_in: float = 0.1
     centre_brightness: float = 0.0
     balance_film_shape: bool = False
+    estimate_film_shape: bool = False
     learning_rate: float = 2e-3
     weight_decay: float = 5e-4
     seed: int = 0
@@ -140,11 +141,19 @@ def _compile(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> N
     )
 
 
-def load_training_data(config: TrainConfig):
-    """(x_train, y_train, x_val, y_val, counts, train_files): the patient-wise carve.
+@dataclass
+class TrainingData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    counts: dict
+    train_samples: list[datasets.Sample]  # in x_train's order, reviewed extras last
+    val_samples: list[datasets.Sample]
 
-    `train_files` are the paths of x_train's films, in order.
-    """
+
+def load_training_data(config: TrainConfig) -> TrainingData:
+    """The training films and the patient-wise validation carve, decoded."""
     train_samples, val_samples = datasets.carve_validation(
         datasets.list_split(config.data, "train"),
         fraction=config.val_fraction,
@@ -165,8 +174,7 @@ def load_training_data(config: TrainConfig):
         "extra_reviewed": len(extra),
         "validation_patients": len({s.patient for s in val_samples}),
     }
-    train_files = [s.path for s in train_samples] + [s.path for s in extra]
-    return x_train, y_train, x_val, y_val, counts, train_files
+    return TrainingData(x_train, y_train, x_val, y_val, counts, train_samples + extra, val_samples)
 
 
 def save_validated_model(
@@ -206,11 +214,27 @@ def train(
             )
     keras.utils.set_random_seed(config.seed)
     started = time.perf_counter()
-    x_train, y_train, x_val, y_val, counts, train_files = load_training_data(config)
+    data = load_training_data(config)
+    x_train, y_train, x_val, y_val, counts = (
+        data.x_train,
+        data.y_train,
+        data.x_val,
+        data.y_val,
+        data.counts,
+    )
     log(f"data: {json.dumps(counts)} (loaded in {time.perf_counter() - started:.1f}s)")
     sample_weight = _class_weights(y_train)
-    if config.balance_film_shape:
-        sample_weight *= shape_balancing_weights([film_aspect(p) for p in train_files], y_train)
+    if config.balance_film_shape or config.estimate_film_shape:
+        shape_weights, counts["film_shape"] = film_shape_weights(
+            data.train_samples,
+            data.val_samples,
+            estimate=config.estimate_film_shape,
+            seed=config.seed,
+            cache_dir=config.cache_dir,
+            log=log,
+        )
+        sample_weight *= shape_weights
+        keras.utils.set_random_seed(config.seed)  # the classifier starts as it would without
     x_train, x_val = x_train.astype(np.float32), x_val.astype(np.float32)
 
     if config.init_model:
@@ -336,6 +360,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--balance-film-shape",
         action="store_true",
         help="weight films so both classes share one distribution of aspect ratios",
+    )
+    parser.add_argument(
+        "--estimate-film-shape",
+        action="store_true",
+        help="balance film shape, guessing it for stretched copies (mlcore/shape_estimator.py)",
     )
     parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
     parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)

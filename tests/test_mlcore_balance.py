@@ -1,17 +1,21 @@
 """Film-shape balancing weights: both classes end up with one aspect distribution."""
 
+import keras
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from mlcore.balance import film_aspect, shape_balancing_weights
+from mlcore.data import Sample
+from mlcore.metrics import rank_correlation
+from mlcore.shape_estimator import ShapeEstimator
 
 
 def _bin_shares(aspects, labels, weights, label, edges):
     chosen = labels == label
     bins = np.digitize(aspects[chosen], edges)
-    return np.bincount(bins, weights=weights[chosen], minlength=len(edges) + 1) / weights[
-        chosen
-    ].sum()
+    return (
+        np.bincount(bins, weights=weights[chosen], minlength=len(edges) + 1) / weights[chosen].sum()
+    )
 
 
 def test_weights_give_both_classes_the_same_aspect_distribution():
@@ -55,3 +59,26 @@ def test_film_aspect_reads_the_stored_size_and_skips_stretched_copies(tmp_path):
     Image.new("L", (224, 224)).save(tmp_path / "stretched.jpeg")
     assert film_aspect(tmp_path / "wide.jpeg") == 1.5
     assert film_aspect(tmp_path / "stretched.jpeg") is None
+
+
+def _disc_film(path, width: int, height: int) -> None:
+    """A round 'chest' on a film of the given shape: stretched to a square, it turns oval."""
+    image = Image.new("L", (width, height), 20)
+    radius = min(width, height) * 0.4
+    box = (width / 2 - radius, height / 2 - radius, width / 2 + radius, height / 2 + radius)
+    ImageDraw.Draw(image).ellipse(box, fill=200)
+    image.save(path)
+
+
+def test_shape_estimator_reads_the_aspect_back_from_stretched_films(tmp_path):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    aspects = rng.uniform(1.0, 1.8, 100)
+    samples = []
+    for index, aspect in enumerate(aspects):
+        path = tmp_path / f"film{index}.png"
+        _disc_film(path, round(200 * aspect), 200)
+        samples.append(Sample(path, index % 2))
+    estimator = ShapeEstimator.fit(samples[:70], aspects[:70], epochs=20, seed=0)
+    guesses = estimator.estimate(samples[70:])
+    assert rank_correlation(guesses, aspects[70:]) > 0.8

@@ -90,7 +90,7 @@ def test_short_training_run_lowers_the_loss_and_writes_every_artefact(dataset_ro
         learning_rate=3e-3,
         max_zoom_in=0.3,
         centre_brightness=0.05,
-        balance_film_shape=True,
+        estimate_film_shape=True,
     )
     report = train(config, on_epoch=lambda i, n, logs: epochs_seen.append(i), log=lambda _: None)
     history = json.loads((config.out / "history.json").read_text())
@@ -107,7 +107,10 @@ def test_short_training_run_lowers_the_loss_and_writes_every_artefact(dataset_ro
         assert (config.out / name).stat().st_size > 0, name
     assert 0.0 <= report["metrics"]["auc"] <= 1.0
     assert report["environment"]["keras"] == keras.__version__
-    assert report["config"]["balance_film_shape"] is True
+    assert report["config"]["estimate_film_shape"] is True
+    shape = report["data"]["film_shape"]
+    trained = report["data"]["train"]["normal"] + report["data"]["train"]["pneumonia"]
+    assert shape["films_of_known_shape"] + shape["films_of_estimated_shape"] == trained
     reloaded = Predictor.load(config.out)
     assert reloaded.threshold == pytest.approx(report["metrics"]["threshold"])
     zoom = next(

@@ -28,21 +28,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mlcore import data as datasets  # noqa: E402
+from mlcore.metrics import rank_correlation  # noqa: E402
 from training.compare_candidates import score_splits  # noqa: E402
 from training.splits import carve_settings, validation_splits  # noqa: E402
 
 SPLITS = (("carve", "validation carve"), ("val", "official val/"))
-
-
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rho, ties given their average rank."""
-
-    def ranks(values: np.ndarray) -> np.ndarray:
-        _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-        ends = np.cumsum(counts)
-        return ((ends - counts + ends - 1) / 2)[inverse]
-
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
 def film_sizes(data: Path, samples: list[datasets.Sample]) -> np.ndarray:
