@@ -8,7 +8,6 @@ splits without looking at test/.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,18 +17,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mlcore import data as datasets  # noqa: E402
-from mlcore.inference import Predictor  # noqa: E402
 from mlcore.metrics import roc_auc  # noqa: E402
-from training.splits import carve_settings, validation_splits  # noqa: E402
+from training.splits import model_and_validation_splits  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/chest_xray")
-    args = parser.parse_args()
-    predictor = Predictor.load(args.model)
-    splits = validation_splits(args.data, carve_settings(args.model))
+    predictor, splits = model_and_validation_splits(__doc__)
     for name, samples in splits.items():
         pixels, labels = datasets.load_arrays(samples, predictor.preprocessing)
         scores = predictor.probabilities(pixels)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 from mlcore import data as datasets
+from mlcore.inference import Predictor
 from mlcore.serialization import TRAIN_REPORT
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/chest_xray"
 
 
 def carve_settings(model_dir: Path) -> tuple[int, float]:
@@ -22,3 +26,14 @@ def validation_splits(data: Path, settings: tuple[int, float]) -> dict[str, list
         datasets.list_split(data, "train"), fraction=fraction, seed=split_seed
     )
     return {"validation carve": carve, "official val/": datasets.list_split(data, "val")}
+
+
+def model_and_validation_splits(
+    description: str,
+) -> tuple[Predictor, dict[str, list[datasets.Sample]]]:
+    """Parse `--model DIR [--data DIR]`; the loaded model and the splits it is judged on."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    args = parser.parse_args()
+    return Predictor.load(args.model), validation_splits(args.data, carve_settings(args.model))

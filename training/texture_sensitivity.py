@@ -10,7 +10,6 @@ noise, blurred, and halved then restored in resolution.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,8 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mlcore.imageio import decode_image, to_grayscale_8bit  # noqa: E402
-from mlcore.inference import Predictor  # noqa: E402
-from training.splits import carve_settings, validation_splits  # noqa: E402
+from training.splits import model_and_validation_splits  # noqa: E402
 
 
 def with_noise(film: Image.Image, sigma: float, rng: np.random.Generator) -> Image.Image:
@@ -36,11 +34,7 @@ def halved(film: Image.Image) -> Image.Image:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/chest_xray")
-    args = parser.parse_args()
-    predictor = Predictor.load(args.model)
+    predictor, splits = model_and_validation_splits(__doc__)
     rng = np.random.default_rng(0)
     changes = {
         "as stored": lambda film: film,
@@ -54,7 +48,7 @@ def main() -> None:
         f"threshold {predictor.threshold:.3f}; median P(pneumonia) of normal films (share at "
         "or above the threshold) / of pneumonia films"
     )
-    for name, samples in validation_splits(args.data, carve_settings(args.model)).items():
+    for name, samples in splits.items():
         films = [to_grayscale_8bit(decode_image(s.path.read_bytes())) for s in samples]
         labels = np.array([s.label for s in samples])
         cells = []
