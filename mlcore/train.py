@@ -62,6 +62,10 @@ class TrainConfig:
     cache_dir: Path | None = None
     extra_samples: Sequence[tuple[str, int]] = field(default_factory=list)
 
+    def __post_init__(self):
+        if self.estimate_film_shape:  # estimating the shapes is only done to balance them
+            self.balance_film_shape = True
+
     @property
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(self.image_size, self.normalization, self.crop_to_body)
@@ -215,16 +219,10 @@ def train(
     keras.utils.set_random_seed(config.seed)
     started = time.perf_counter()
     data = load_training_data(config)
-    x_train, y_train, x_val, y_val, counts = (
-        data.x_train,
-        data.y_train,
-        data.x_val,
-        data.y_val,
-        data.counts,
-    )
+    y_train, y_val, counts = data.y_train, data.y_val, data.counts
     log(f"data: {json.dumps(counts)} (loaded in {time.perf_counter() - started:.1f}s)")
     sample_weight = _class_weights(y_train)
-    if config.balance_film_shape or config.estimate_film_shape:
+    if config.balance_film_shape:
         shape_weights, counts["film_shape"] = film_shape_weights(
             data.train_samples,
             data.val_samples,
@@ -235,7 +233,7 @@ def train(
         )
         sample_weight *= shape_weights
         keras.utils.set_random_seed(config.seed)  # the classifier starts as it would without
-    x_train, x_val = x_train.astype(np.float32), x_val.astype(np.float32)
+    x_train, x_val = data.x_train.astype(np.float32), data.x_val.astype(np.float32)
 
     if config.init_model:
         model = keras.models.load_model(Path(config.init_model) / MODEL_FILE)
@@ -359,7 +357,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--balance-film-shape",
         action="store_true",
-        help="weight films so both classes share one distribution of aspect ratios",
+        help="weight the films whose shape is known (not 224x224 copies) so both classes "
+        "share one distribution of aspect ratios",
     )
     parser.add_argument(
         "--estimate-film-shape",

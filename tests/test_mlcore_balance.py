@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mlcore.balance import film_aspect, shape_balancing_weights
+from mlcore.balance import film_aspect, film_shape_weights, shape_balancing_weights
 from mlcore.data import Sample
 from mlcore.metrics import rank_correlation
 from mlcore.shape_estimator import ShapeEstimator
@@ -39,14 +39,18 @@ def test_weights_give_both_classes_the_same_aspect_distribution():
         assert np.isclose(weights[labels == label].mean(), 1.0)
 
 
-def test_unknown_aspects_keep_weight_one_and_weights_are_clipped():
+def test_unknown_aspects_keep_weight_one_and_rare_bins_are_capped():
     rng = np.random.default_rng(1)
-    aspects = [*rng.normal(1.2, 0.05, 200), *rng.normal(1.6, 0.05, 200), None, None]
+    # Normal films are narrow, with a few wide ones: the wide bins want a large weight.
+    normal = [*rng.normal(1.2, 0.03, 190), *rng.normal(1.6, 0.03, 10)]
+    aspects = [*normal, *rng.normal(1.6, 0.05, 200), None, None]
     labels = np.array([0] * 200 + [1] * 200 + [0, 1])
-    weights = shape_balancing_weights(aspects, labels, bins=5, max_weight=3.0)
-    assert weights[-2:].tolist() == [1.0, 1.0]
-    known = weights[:-2]
-    assert known.max() / known[:200].min() <= 9.0 + 1e-9  # 3x up over 3x down at most
+    capped = shape_balancing_weights(aspects, labels, bins=5, max_weight=3.0)
+    free = shape_balancing_weights(aspects, labels, bins=5, max_weight=1e9)
+    assert capped[-2:].tolist() == [1.0, 1.0]
+    spread = capped[:200].max() / capped[:200].min()
+    assert spread <= 3.0 / 0.5 + 1e-9  # ratios lie in [1/2, cap] before the rescale
+    assert free[:200].max() / free[:200].min() > 3.0 / 0.5
 
 
 def test_too_few_known_films_leave_every_weight_at_one():
@@ -82,3 +86,22 @@ def test_shape_estimator_reads_the_aspect_back_from_stretched_films(tmp_path):
     estimator = ShapeEstimator.fit(samples[:70], aspects[:70], epochs=20, seed=0)
     guesses = estimator.estimate(samples[70:])
     assert rank_correlation(guesses, aspects[70:]) > 0.8
+
+
+def test_film_shape_weights_follow_the_order_of_the_films(tmp_path):
+    narrow, wide, stretched = (240, 200), (300, 200), (224, 224)
+    films = [(narrow, 0), (stretched, 0), (wide, 1), (narrow, 0), (wide, 1), (stretched, 1)] * 4
+    films += [(wide, 0), (narrow, 1)]
+    samples = []
+    for index, (size, label) in enumerate(films):
+        path = tmp_path / f"film{index}.jpeg"
+        Image.new("L", size).save(path)
+        samples.append(Sample(path, label))
+    weights, summary = film_shape_weights(samples, [], estimate=False)
+    shapes = {narrow: 1.2, wide: 1.5, stretched: None}
+    expected = shape_balancing_weights(
+        [shapes[size] for size, _ in films], np.array([label for _, label in films])
+    )
+    assert summary == {"films_of_known_shape": 18}
+    assert np.allclose(weights, expected) and not np.allclose(weights, 1.0)
+    assert all(w == 1.0 for w, (size, _) in zip(weights, films, strict=True) if size == stretched)

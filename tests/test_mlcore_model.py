@@ -123,6 +123,15 @@ def test_short_training_run_lowers_the_loss_and_writes_every_artefact(dataset_ro
     assert centre.__class__.__name__ == "RandomCentreBrightness" and centre.factor == 0.05
 
 
+def test_class_weights_give_each_class_half_the_total_weight():
+    from mlcore.train import _class_weights
+
+    labels = np.array([0, 1, 1, 1, 0, 1, 1, 1], dtype=np.float32)
+    weights = _class_weights(labels)
+    assert weights.tolist() == [2.0, 2 / 3, 2 / 3, 2 / 3, 2.0, 2 / 3, 2 / 3, 2 / 3]
+    assert weights[labels == 0].sum() == pytest.approx(weights[labels == 1].sum())
+
+
 def test_cancelled_training_writes_no_model(dataset_root, tmp_path):
     from mlcore.train import TrainingCancelled
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from mlcore import data as datasets  # noqa: E402
 from mlcore.metrics import rank_correlation  # noqa: E402
 from training.compare_candidates import score_splits  # noqa: E402
-from training.splits import carve_settings, validation_splits  # noqa: E402
+from training.splits import DEFAULT_DATA, carve_settings, validation_splits  # noqa: E402
 
 SPLITS = (("carve", "validation carve"), ("val", "official val/"))
 
@@ -58,7 +58,7 @@ def film_sizes(data: Path, samples: list[datasets.Sample]) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--cache-dir", type=Path, default=Path("var/cache"))
     parser.add_argument("models", type=Path, nargs="+")
     args = parser.parse_args()

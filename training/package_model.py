@@ -69,13 +69,20 @@ def architecture(model, config: dict) -> str:
     )
 
 
-def shape_weights(config: dict) -> str:
-    if not config.get("balance_film_shape"):
-        return ""
-    return (
-        " times film-shape weights (`mlcore/balance.py`: both classes share one distribution"
-        " of aspect ratios)"
-    )
+def shape_weighting_phrase(config: dict) -> str:
+    """How the recipe weighted films by their shape (`mlcore/balance.py`), for the card."""
+    if config.get("estimate_film_shape"):
+        return (
+            " times film-shape weights (`mlcore/balance.py`: both classes share one "
+            "distribution of aspect ratios; the shape of stretched copies guessed by "
+            "`mlcore/shape_estimator.py`)"
+        )
+    if config.get("balance_film_shape"):
+        return (
+            " times film-shape weights (`mlcore/balance.py`: among the films whose shape is "
+            "known, both classes share one distribution of aspect ratios)"
+        )
+    return ""
 
 
 def model_card(model_dir: Path, model) -> str:
@@ -123,8 +130,8 @@ Data: Mendeley Data v2, doi:10.17632/rscbjbr9sj.2, licence CC BY 4.0 (a resized 
 {size}x{size} grayscale input (`mlcore/preprocess.py`): {input_steps(config)}.
 Augmentation: rotation, zoom, shift, contrast, brightness, Gaussian blur and noise; no
 horizontal flip. AdamW (weight decay {config["weight_decay"]}), cosine learning-rate schedule,
-label smoothing 0.05, balanced class weights{shape_weights(config)}, checkpoint with the lowest
-validation loss.
+label smoothing 0.05, balanced class weights{shape_weighting_phrase(config)},
+checkpoint with the lowest validation loss.
 {{history}}
 
 Operating threshold: {tst["threshold"]:.4f}, the {trained["threshold_rule"]}.

@@ -19,13 +19,13 @@ from PIL import Image, ImageFilter
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mlcore.imageio import decode_image, to_grayscale_8bit  # noqa: E402
+from mlcore.imageio import decode_image  # noqa: E402
 from training.splits import model_and_validation_splits  # noqa: E402
 
 
 def with_noise(film: Image.Image, sigma: float, rng: np.random.Generator) -> Image.Image:
     noisy = np.asarray(film, np.float32) + rng.normal(0, sigma, (film.height, film.width))
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    return Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8))
 
 
 def halved(film: Image.Image) -> Image.Image:
@@ -49,7 +49,7 @@ def main() -> None:
         "or above the threshold) / of pneumonia films"
     )
     for name, samples in splits.items():
-        films = [to_grayscale_8bit(decode_image(s.path.read_bytes())) for s in samples]
+        films = [decode_image(s.path.read_bytes()) for s in samples]
         labels = np.array([s.label for s in samples])
         cells = []
         for change_name, change in changes.items():
