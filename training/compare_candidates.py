@@ -29,20 +29,25 @@ def log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def score_splits(models: list[Path], data: Path, cache_dir: Path):
-    """{model name: (carve scores, val/ scores)}, plus the labels of both splits."""
+    """{model name: (carve scores, val/ scores)}, the labels of both splits, and their films.
+
+    Labels and films are keyed "carve" and "val".
+    """
     settings = {carve_settings(m) for m in models}
     if len(settings) != 1:
         raise SystemExit("candidates must share one validation carve")
-    splits = validation_splits(data, settings.pop())
+    splits = dict(
+        zip(("carve", "val"), validation_splits(data, settings.pop()).values(), strict=True)
+    )
     scores, labels = {}, {}
     for model_dir in models:
         predictor = Predictor.load(model_dir)
         per_split = []
-        for name, samples in zip(("carve", "val"), splits.values(), strict=True):
+        for name, samples in splits.items():
             pixels, labels[name] = datasets.load_arrays(samples, predictor.preprocessing, cache_dir)
             per_split.append(predictor.probabilities(pixels))
         scores[model_dir.name] = tuple(per_split)
-    return scores, labels
+    return scores, labels, splits
 
 
 def report_line(name: str, carve_scores, val_scores, labels, min_sensitivity: float) -> str:
@@ -71,7 +76,7 @@ def main() -> None:
     )
     parser.add_argument("models", type=Path, nargs="+")
     args = parser.parse_args()
-    scores, labels = score_splits(args.models, args.data, args.cache_dir)
+    scores, labels, _ = score_splits(args.models, args.data, args.cache_dir)
     groups = [[m.name] for m in args.models] + [g.split(",") for g in args.average]
     for group in groups:
         carve_scores = np.mean([scores[n][0] for n in group], axis=0)

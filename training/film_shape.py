@@ -30,15 +30,15 @@ sys.path.insert(0, str(REPO))
 from mlcore import data as datasets  # noqa: E402
 from mlcore.metrics import rank_correlation  # noqa: E402
 from training.compare_candidates import score_splits  # noqa: E402
-from training.splits import DEFAULT_DATA, carve_settings, validation_splits  # noqa: E402
+from training.splits import DEFAULT_DATA  # noqa: E402
 
 SPLITS = (("carve", "validation carve"), ("val", "official val/"))
 
 
-def film_sizes(data: Path, samples: list[datasets.Sample]) -> np.ndarray:
-    """(width, height) of each sample's original film, shape [N, 2]."""
-    manifest = data / "MANIFEST.csv"
+def film_sizes(data: Path, splits: dict[str, list[datasets.Sample]]) -> dict[str, np.ndarray]:
+    """(width, height) of each film's original, shape [N, 2] per split."""
     known = {}
+    manifest = data / "MANIFEST.csv"
     if manifest.exists():
         with manifest.open() as rows:
             for row in csv.DictReader(rows):
@@ -47,13 +47,17 @@ def film_sizes(data: Path, samples: list[datasets.Sample]) -> np.ndarray:
                         int(row["original_width"]),
                         int(row["original_height"]),
                     )
-    sizes = []
-    for sample in samples:
-        if sample.path.name not in known:
-            with Image.open(sample.path) as image:
-                known[sample.path.name] = image.size
-        sizes.append(known[sample.path.name])
-    return np.array(sizes, dtype=np.float64)
+
+    def size(path: Path) -> tuple[int, int]:
+        if path.name not in known:
+            with Image.open(path) as image:
+                known[path.name] = image.size
+        return known[path.name]
+
+    return {
+        key: np.array([size(s.path) for s in samples], dtype=np.float64)
+        for key, samples in splits.items()
+    }
 
 
 def main() -> None:
@@ -62,12 +66,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path("var/cache"))
     parser.add_argument("models", type=Path, nargs="+")
     args = parser.parse_args()
-    scores, labels = score_splits(args.models, args.data, args.cache_dir)
-    splits = validation_splits(args.data, carve_settings(args.models[0]))
-    sizes = {
-        key: film_sizes(args.data, samples)
-        for key, samples in zip(("carve", "val"), splits.values(), strict=True)
-    }
+    scores, labels, splits = score_splits(args.models, args.data, args.cache_dir)
+    sizes = film_sizes(args.data, splits)
     for key, split_name in SPLITS:
         width, height = sizes[key][:, 0], sizes[key][:, 1]
         for label, label_name in enumerate(datasets.LABELS):
