@@ -29,6 +29,7 @@ class ModelMetadata:
                 size=raw["image_size"],
                 normalization=raw.get("normalization", "equalize"),
                 crop_to_body=raw.get("crop_to_body", False),
+                normalize_detail=raw.get("normalize_detail", False),
             ),
         )
 
@@ -39,6 +40,7 @@ class ModelMetadata:
             "image_size": self.preprocessing.size,
             "normalization": self.preprocessing.normalization,
             "crop_to_body": self.preprocessing.crop_to_body,
+            "normalize_detail": self.preprocessing.normalize_detail,
         }
 
     @classmethod

@@ -42,6 +42,7 @@ class TrainConfig:
     image_size: int = IMAGE_SIZE
     normalization: str = "equalize"
     crop_to_body: bool = False
+    normalize_detail: bool = False
     width: int = 24
     dropout: float = 0.3
     augment_strength: float = 1.0
@@ -68,7 +69,9 @@ class TrainConfig:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(self.image_size, self.normalization, self.crop_to_body)
+        return Preprocessing(
+            self.image_size, self.normalization, self.crop_to_body, self.normalize_detail
+        )
 
 
 def _limit(
@@ -332,6 +335,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--crop-to-body",
         action="store_true",
         help="cut the black margins around the patient before resizing",
+    )
+    parser.add_argument(
+        "--normalize-detail",
+        action="store_true",
+        help="bring every film's fine detail to one level (mlcore.preprocess.normalize_detail)",
     )
     parser.add_argument("--width", type=int, default=TrainConfig.width)
     parser.add_argument("--dropout", type=float, default=TrainConfig.dropout)

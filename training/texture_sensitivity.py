@@ -1,11 +1,14 @@
-"""Does a model read film grain or sharpness as pneumonia?
+"""Does a model read film grain, blur or sharpness as pneumonia?
 
     python training/texture_sensitivity.py --model models/NAME [--data DIR]
 
 Smaller films were shrunk less to reach the stored size, so they keep more grain; if a model
 had learnt grain as a sign of pneumonia, noise would raise the scores of healthy films. Each
 film of the validation carve and the official val/ split is scored as stored, with Gaussian
-noise, blurred, and halved then restored in resolution.
+noise, blurred, halved then restored in resolution, and sharpened (unsharp mask, radius /
+percent): healthy films of the official val/ have less fine detail than train/'s
+(training/detail_level.py), and a model that reads soft films as sick flags fewer of them
+once they are sharpened.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ def main() -> None:
         "blur 0.7": lambda film: film.filter(ImageFilter.GaussianBlur(0.7)),
         "blur 1.5": lambda film: film.filter(ImageFilter.GaussianBlur(1.5)),
         "halved": halved,
+        "sharpen 2/100": lambda film: film.filter(ImageFilter.UnsharpMask(2, 100, 0)),
+        "sharpen 4/150": lambda film: film.filter(ImageFilter.UnsharpMask(4, 150, 0)),
     }
     print(
         f"threshold {predictor.threshold:.3f}; median P(pneumonia) of normal films (share at "

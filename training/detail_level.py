@@ -1,0 +1,85 @@
+"""How much fine detail each kind of film has, as the model sees it.
+
+    python training/detail_level.py [--data DIR] [--crop-to-body]
+
+Fine detail = the equalised 224x224 film minus a Gaussian blur of it (mlcore.preprocess
+`normalize_detail` measures it the same way), averaged over the centre of the film. Printed
+per split (the rest of train/ by provenance, the validation carve, the official val/), per
+label, and for the carve's normal films framed 1.2x tighter, as stored and after
+`normalize_detail`. No model is involved, and test/ is not read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mlcore import data as datasets  # noqa: E402
+from mlcore.imageio import decode_image, to_grayscale_8bit  # noqa: E402
+from mlcore.preprocess import DETAIL_SIGMA, Preprocessing, gaussian_blur  # noqa: E402
+from training.framing_sensitivity import zoom  # noqa: E402
+from training.splits import DEFAULT_DATA, validation_splits  # noqa: E402
+
+CARVE_SETTINGS = (0, 0.35)  # the split seed and fraction every model here was trained with
+
+
+def detail_amount(pixels: np.ndarray) -> float:
+    film = pixels[..., 0].astype(np.float32)
+    height, width = film.shape
+    detail = (film - gaussian_blur(film, DETAIL_SIGMA))[
+        height // 4 : 3 * height // 4, width // 4 : 3 * width // 4
+    ]
+    return float(np.mean(np.abs(detail)))
+
+
+def describe(name: str, amounts: list[float]) -> str:
+    values = np.array(amounts)
+    low, median, high = np.percentile(values, [25, 50, 75])
+    return f"{name:42s} n={values.size:5d}  median {median:5.2f}  quartiles {low:5.2f}-{high:5.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--crop-to-body", action="store_true")
+    args = parser.parse_args()
+    plain = Preprocessing(crop_to_body=args.crop_to_body)
+    normalized = Preprocessing(crop_to_body=args.crop_to_body, normalize_detail=True)
+    splits = validation_splits(args.data, CARVE_SETTINGS)
+    carve = {s.path for s in splits["validation carve"]}
+    rest = [s for s in datasets.list_split(args.data, "train") if s.path not in carve]
+    groups: dict[str, list[datasets.Sample]] = {}
+    for sample in rest:
+        kind = "224x224 copy" if datasets.is_stretched_copy(sample.path) else "original"
+        groups.setdefault(f"train/ (not carve) {kind}", []).append(sample)
+    originals = [s for s in rest if not datasets.is_stretched_copy(s.path)]
+    print(
+        describe(
+            "train/ (not carve) original, both labels",
+            [detail_amount(plain(s.path.read_bytes())) for s in originals],
+        )
+    )
+    groups.update(splits)
+    for group, samples in groups.items():
+        for label, label_name in enumerate(datasets.LABELS):
+            films = [s.path.read_bytes() for s in samples if s.label == label]
+            print(describe(f"{group} {label_name}", [detail_amount(plain(f)) for f in films]))
+    normal_films = [
+        to_grayscale_8bit(decode_image(s.path.read_bytes()))
+        for s in splits["validation carve"]
+        if s.label == 0
+    ]
+    for name, preprocessing in (("as stored", plain), ("normalize_detail", normalized)):
+        for factor in (1.0, 1.2):
+            amounts = [detail_amount(preprocessing(zoom(film, factor))) for film in normal_films]
+            print(describe(f"carve NORMAL x{factor} {name}", amounts))
+
+
+if __name__ == "__main__":
+    main()
