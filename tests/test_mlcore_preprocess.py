@@ -11,7 +11,17 @@ from PIL import Image, ImageDraw
 from mlcore.framing import body_share, is_unusually_framed
 from mlcore.inference import Predictor
 from mlcore.model import build_model
-from mlcore.preprocess import Preprocessing, body_box, clahe, preprocess_image
+from mlcore.preprocess import (
+    DETAIL_GAIN_RANGE,
+    DETAIL_LEVEL,
+    Preprocessing,
+    body_box,
+    clahe,
+    detail_amount,
+    gaussian_blur,
+    normalize_detail,
+    preprocess_image,
+)
 from mlcore.serialization import ModelMetadata, save_model_dir
 
 
@@ -64,6 +74,43 @@ def test_clahe_blends_tiles_without_seams():
     assert np.all(np.diff(clahe(ramp).astype(int), axis=1) >= 0)
 
 
+def test_gaussian_blur_keeps_flat_films_and_the_mean_and_smooths_noise():
+    flat = np.full((40, 50), 77.0, np.float32)
+    assert np.allclose(gaussian_blur(flat, 1.5), 77.0)
+    noise = np.random.default_rng(0).normal(128, 20, (224, 224)).astype(np.float32)
+    blurred = gaussian_blur(noise, 1.5)
+    assert blurred.shape == noise.shape
+    assert abs(blurred.mean() - noise.mean()) < 0.5
+    assert blurred.std() < noise.std() / 3
+
+
+def test_normalize_detail_gives_a_soft_and_a_sharp_copy_of_a_film_the_same_detail():
+    film = np.asarray(Preprocessing()(sample_files()[0].read_bytes()))[..., 0]
+    soft = np.rint(gaussian_blur(film.astype(np.float32), 0.8)).astype(np.uint8)
+    assert detail_amount(soft) < 0.7 * detail_amount(film)
+    a, b = detail_amount(normalize_detail(film)), detail_amount(normalize_detail(soft))
+    assert abs(a - DETAIL_LEVEL) < 0.1 and abs(b - DETAIL_LEVEL) < 0.1
+    # Only the detail is scaled: the coarse picture stays where it was.
+    smooth = gaussian_blur(normalize_detail(film).astype(np.float32), 3.0)
+    assert np.abs(smooth - gaussian_blur(film.astype(np.float32), 3.0)).mean() < 2.0
+
+
+def test_normalize_detail_limits_the_gain_and_keeps_flat_films_flat():
+    faint = np.random.default_rng(0).normal(128, 0.6, (224, 224)).round().astype(np.uint8)
+    gain = np.std(normalize_detail(faint).astype(float)) / np.std(faint.astype(float))
+    assert gain <= DETAIL_GAIN_RANGE[1] * 1.05
+    flat = np.full((64, 64), 77, np.uint8)
+    assert np.array_equal(normalize_detail(flat), flat)
+
+
+def test_preprocessing_with_normalize_detail_is_served_as_trained(tmp_path):
+    preprocessing = Preprocessing(size=64, crop_to_body=True, normalize_detail=True)
+    ModelMetadata("v1", 0.4, preprocessing).write(tmp_path)
+    assert ModelMetadata.read(tmp_path).preprocessing == preprocessing
+    blob = sample_files()[0].read_bytes()
+    assert not np.array_equal(preprocessing(blob), Preprocessing(64, crop_to_body=True)(blob))
+
+
 def test_unknown_normalization_is_refused():
     with pytest.raises(ValueError, match="unknown normalization"):
         preprocess_image(Image.new("L", (64, 64)), normalization="gamma")
@@ -105,8 +152,13 @@ def test_a_film_padded_to_twice_its_size_is_still_flagged():
 
 @pytest.mark.parametrize(
     "raw",
-    [{"normalization": "CLAHE"}, {"crop_to_body": "false"}, {"image_size": "224"}],
-    ids=["normalization", "crop", "size"],
+    [
+        {"normalization": "CLAHE"},
+        {"crop_to_body": "false"},
+        {"normalize_detail": 1},
+        {"image_size": "224"},
+    ],
+    ids=["normalization", "crop", "detail", "size"],
 )
 def test_model_json_with_bad_preprocessing_values_is_refused(raw):
     with pytest.raises(ValueError):

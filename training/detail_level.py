@@ -22,20 +22,11 @@ sys.path.insert(0, str(REPO))
 
 from mlcore import data as datasets  # noqa: E402
 from mlcore.imageio import decode_image, to_grayscale_8bit  # noqa: E402
-from mlcore.preprocess import DETAIL_SIGMA, Preprocessing, gaussian_blur  # noqa: E402
+from mlcore.preprocess import Preprocessing, detail_amount  # noqa: E402
 from training.framing_sensitivity import zoom  # noqa: E402
 from training.splits import DEFAULT_DATA, validation_splits  # noqa: E402
 
 CARVE_SETTINGS = (0, 0.35)  # the split seed and fraction every model here was trained with
-
-
-def detail_amount(pixels: np.ndarray) -> float:
-    film = pixels[..., 0].astype(np.float32)
-    height, width = film.shape
-    detail = (film - gaussian_blur(film, DETAIL_SIGMA))[
-        height // 4 : 3 * height // 4, width // 4 : 3 * width // 4
-    ]
-    return float(np.mean(np.abs(detail)))
 
 
 def describe(name: str, amounts: list[float]) -> str:
@@ -62,14 +53,16 @@ def main() -> None:
     print(
         describe(
             "train/ (not carve) original, both labels",
-            [detail_amount(plain(s.path.read_bytes())) for s in originals],
+            [detail_amount(plain(s.path.read_bytes())[..., 0]) for s in originals],
         )
     )
     groups.update(splits)
     for group, samples in groups.items():
         for label, label_name in enumerate(datasets.LABELS):
             films = [s.path.read_bytes() for s in samples if s.label == label]
-            print(describe(f"{group} {label_name}", [detail_amount(plain(f)) for f in films]))
+            print(
+                describe(f"{group} {label_name}", [detail_amount(plain(f)[..., 0]) for f in films])
+            )
     normal_films = [
         to_grayscale_8bit(decode_image(s.path.read_bytes()))
         for s in splits["validation carve"]
@@ -77,7 +70,9 @@ def main() -> None:
     ]
     for name, preprocessing in (("as stored", plain), ("normalize_detail", normalized)):
         for factor in (1.0, 1.2):
-            amounts = [detail_amount(preprocessing(zoom(film, factor))) for film in normal_films]
+            amounts = [
+                detail_amount(preprocessing(zoom(film, factor))[..., 0]) for film in normal_films
+            ]
             print(describe(f"carve NORMAL x{factor} {name}", amounts))
 
 
