@@ -457,6 +457,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "image_size",
         "normalization",
         "crop_to_body",
+        "normalize_detail",
         "training_info",
     )
     readonly_fields = fields

@@ -48,6 +48,7 @@ class ModelVersion(models.Model):
         max_length=20, default="equalize", choices=[(name, name) for name in NORMALIZATIONS]
     )
     crop_to_body = models.BooleanField(default=False)
+    normalize_detail = models.BooleanField(default=False)
     metrics = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     is_active = models.BooleanField(default=False)
@@ -83,12 +84,15 @@ class ModelVersion(models.Model):
             image_size=metadata.preprocessing.size,
             normalization=metadata.preprocessing.normalization,
             crop_to_body=metadata.preprocessing.crop_to_body,
+            normalize_detail=metadata.preprocessing.normalize_detail,
             **fields,
         )
 
     def metadata(self) -> ModelMetadata:
         """The model.json this version's model.keras needs to be served as it was trained."""
-        preprocessing = Preprocessing(self.image_size, self.normalization, self.crop_to_body)
+        preprocessing = Preprocessing(
+            self.image_size, self.normalization, self.crop_to_body, self.normalize_detail
+        )
         return ModelMetadata(self.name, self.threshold, preprocessing)
 
 

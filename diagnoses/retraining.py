@@ -399,6 +399,7 @@ def _train_evaluate_register(
             image_size=preprocessing.size,
             normalization=preprocessing.normalization,
             crop_to_body=preprocessing.crop_to_body,
+            normalize_detail=preprocessing.normalize_detail,
         )
         reporter.log(f"fine-tuning {base.name}")
     name = f"{'ft' if job.mode == Mode.FINE_TUNE else 'scratch'}-job{job.pk}-" + (

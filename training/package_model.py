@@ -52,6 +52,8 @@ def input_steps(config: dict) -> str:
     steps.append("stretched to a square")
     normalization = config.get("normalization", "equalize")
     steps.append("CLAHE-equalised" if normalization == "clahe" else "histogram-equalised")
+    if config.get("normalize_detail"):
+        steps.append("fine detail brought to one level (`normalize_detail`)")
     return ", ".join(steps)
 
 
