@@ -1,8 +1,9 @@
-"""A custom augmentation layer (registered, so saved models that use it load again)."""
+"""Custom augmentation layers (registered, so saved models that use them load again)."""
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 
@@ -40,6 +41,60 @@ class RandomCentreBrightness(layers.Layer):
         return {
             **super().get_config(),
             "factor": self.factor,
+            "sigma": self.sigma,
+            "seed": self.seed,
+        }
+
+
+@keras.saving.register_keras_serializable(package="mlcore")
+class RandomDetailGain(layers.Layer):
+    """Soften or sharpen each film's detail finer than `sigma` pixels by a random gain.
+
+    Input in [0, 1]. The film is split into a Gaussian blur (`sigma`) and the rest, and the
+    rest is multiplied by a gain drawn log-uniformly from [1 / max_gain, max_gain] per image
+    (below 1 blurs, above 1 sharpens, like an unsharp mask). In train/, healthy films carry
+    more such detail than pneumonia films, while the healthy films of the official val/
+    split carry about as little as pneumonia films (training/detail_level.py); this shows
+    the model soft and sharp films of both labels. Identity at inference.
+    """
+
+    def __init__(self, max_gain: float, sigma: float = 3.0, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.max_gain, self.sigma, self.seed = max_gain, sigma, seed
+        self._generator = keras.random.SeedGenerator(seed)
+        self._radius = max(1, int(3 * sigma + 0.5))
+        taps = np.exp(-0.5 * (np.arange(-self._radius, self._radius + 1) / sigma) ** 2)
+        self._taps = (taps / taps.sum()).astype(np.float32)
+
+    def _blur(self, images):
+        size = self._taps.size
+        for kernel_shape, pad in (
+            ((size, 1, 1, 1), ((0, 0), (self._radius, self._radius), (0, 0), (0, 0))),
+            ((1, size, 1, 1), ((0, 0), (0, 0), (self._radius, self._radius), (0, 0))),
+        ):
+            kernel = ops.convert_to_tensor(self._taps.reshape(kernel_shape))
+            images = ops.conv(ops.pad(images, pad, mode="reflect"), kernel, padding="valid")
+        return images
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        smooth = self._blur(images)
+        log_gain = keras.random.uniform(
+            (ops.shape(images)[0], 1, 1, 1),
+            -float(np.log(self.max_gain)),
+            float(np.log(self.max_gain)),
+            seed=self._generator,
+        )
+        return ops.clip(smooth + ops.exp(log_gain) * (images - smooth), 0.0, 1.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "max_gain": self.max_gain,
             "sigma": self.sigma,
             "seed": self.seed,
         }

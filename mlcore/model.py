@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-from mlcore.layers import RandomCentreBrightness
+from mlcore.layers import RandomCentreBrightness, RandomDetailGain
 from mlcore.preprocess import IMAGE_SIZE
 
 
@@ -17,6 +17,7 @@ def build_augmenter(
     aspect_jitter: float = 0.0,
     max_zoom_in: float = 0.1,
     centre_brightness: float = 0.0,
+    detail_gain: float = 0.0,
 ) -> keras.Sequential:
     """Augmentations that mimic differences between X-ray machines and positioning.
 
@@ -28,12 +29,15 @@ def build_augmenter(
     framed tighter than training's. In round 4 of models/*/CANDIDATES.md it did not make
     tight framing safer, so it stays at its old default. `centre_brightness` (0: off)
     lightens or darkens the middle of the film alone (`RandomCentreBrightness`).
+    `detail_gain` (0: off) softens or sharpens the film's detail by up to that factor
+    (`RandomDetailGain`).
 
     No horizontal flip: a flipped chest film puts the heart on the wrong side, an anatomy
     the classifier never meets in practice. Blur, noise, contrast and brightness cover the
     gap between the 224x224 re-encoded training copies and full-size uploads.
     """
     centre = [RandomCentreBrightness(centre_brightness, seed=seed)] if centre_brightness else []
+    detail = [RandomDetailGain(detail_gain, seed=seed)] if detail_gain else []
     return keras.Sequential(
         [
             layers.RandomRotation(0.03 * strength, fill_mode="constant", seed=seed),
@@ -51,6 +55,7 @@ def build_augmenter(
             layers.RandomContrast(min(0.9, 0.25 * strength), value_range=(0.0, 1.0), seed=seed),
             layers.RandomBrightness(min(0.9, 0.1 * strength), value_range=(0.0, 1.0), seed=seed),
             *centre,
+            *detail,
             layers.RandomGaussianBlur(
                 factor=0.5,
                 kernel_size=3,
@@ -103,14 +108,15 @@ def build_model(
     aspect_jitter: float = 0.0,
     max_zoom_in: float = 0.1,
     centre_brightness: float = 0.0,
+    detail_gain: float = 0.0,
 ) -> keras.Model:
     """Input: (image_size, image_size, 1) pixel values 0..255. Output: P(pneumonia)."""
     inputs = keras.Input((image_size, image_size, 1), name="xray")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     if augment:
-        x = build_augmenter(seed, augment_strength, aspect_jitter, max_zoom_in, centre_brightness)(
-            x
-        )
+        x = build_augmenter(
+            seed, augment_strength, aspect_jitter, max_zoom_in, centre_brightness, detail_gain
+        )(x)
     outputs = _classifier(x, width, dropout, seed)
     return keras.Model(inputs, outputs, name=f"pneumonia_cnn_w{width}")
 

@@ -49,6 +49,7 @@ class TrainConfig:
     aspect_jitter: float = 0.0
     max_zoom_in: float = 0.1
     centre_brightness: float = 0.0
+    detail_gain: float = 0.0
     balance_film_shape: bool = False
     estimate_film_shape: bool = False
     learning_rate: float = 2e-3
@@ -251,6 +252,7 @@ def train(
             aspect_jitter=config.aspect_jitter,
             max_zoom_in=config.max_zoom_in,
             centre_brightness=config.centre_brightness,
+            detail_gain=config.detail_gain,
         )
     steps = int(np.ceil(len(x_train) / config.batch_size))
     _compile(model, config, steps)
@@ -361,6 +363,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=float,
         default=TrainConfig.centre_brightness,
         help="lighten or darken the middle of the film by up to this much (0-1 scale; 0: off)",
+    )
+    parser.add_argument(
+        "--detail-gain",
+        type=float,
+        default=TrainConfig.detail_gain,
+        help="soften or sharpen each film's detail by a random gain up to this factor (0: off)",
     )
     parser.add_argument(
         "--balance-film-shape",

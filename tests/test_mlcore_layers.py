@@ -1,10 +1,10 @@
-"""RandomCentreBrightness: changes the middle of the film, not its edges, and only in training."""
+"""Custom augmentation layers: they change what they promise, only in training, and save."""
 
 import keras
 import numpy as np
 
 from mlcore.fastpath import lite_forward_or_none
-from mlcore.layers import RandomCentreBrightness
+from mlcore.layers import RandomCentreBrightness, RandomDetailGain
 from mlcore.model import build_model
 
 SIZE = 64
@@ -37,3 +37,36 @@ def test_a_model_using_it_saves_loads_and_takes_the_fast_path(tmp_path):
     expected = np.asarray(model(pixels, training=False))
     assert np.allclose(reloaded(pixels, training=False), expected, atol=1e-6)
     assert lite_forward_or_none(reloaded) is not None
+
+
+def test_detail_gain_softens_some_films_sharpens_others_and_keeps_the_coarse_picture():
+    rng = np.random.default_rng(0)
+    coarse = np.linspace(0.2, 0.8, SIZE, dtype=np.float32)[None, :, None, None]
+    images = np.clip(coarse + 0.05 * rng.standard_normal((32, SIZE, SIZE, 1)), 0, 1)
+    images = images.astype(np.float32)
+    out = np.asarray(RandomDetailGain(2.0, seed=0)(images, training=True))
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    fine_ratio = np.array(
+        [
+            np.std(np.diff(o[..., 0], axis=1)) / np.std(np.diff(i[..., 0], axis=1))
+            for o, i in zip(out, images, strict=True)
+        ]
+    )
+    assert fine_ratio.min() < 0.8 and fine_ratio.max() > 1.25
+    assert 0.45 < fine_ratio.min() and fine_ratio.max() < 2.2  # within the gain's range
+    row_means = out[..., 0].mean(axis=(0, 2))
+    assert np.allclose(row_means, coarse[0, :, 0, 0], atol=0.02)
+
+
+def test_detail_gain_is_the_identity_at_inference_and_saves(tmp_path):
+    images = np.random.default_rng(0).random((2, SIZE, SIZE, 1)).astype(np.float32)
+    assert np.array_equal(RandomDetailGain(2.0)(images, training=False), images)
+    model = build_model(SIZE, width=16, seed=0, detail_gain=1.5)
+    layer = next(
+        layer for layer in model.get_layer("augment").layers if isinstance(layer, RandomDetailGain)
+    )
+    assert layer.max_gain == 1.5
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    pixels = np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 1)).astype(np.float32)
+    assert np.allclose(reloaded(pixels, training=False), model(pixels, training=False), atol=1e-6)
