@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
-import numpy as np
 from keras import layers, ops
+
+from mlcore.preprocess import gaussian_taps
 
 
 @keras.saving.register_keras_serializable(package="mlcore")
@@ -62,9 +65,8 @@ class RandomDetailGain(layers.Layer):
         super().__init__(**kwargs)
         self.max_gain, self.sigma, self.seed = max_gain, sigma, seed
         self._generator = keras.random.SeedGenerator(seed)
-        self._radius = max(1, int(3 * sigma + 0.5))
-        taps = np.exp(-0.5 * (np.arange(-self._radius, self._radius + 1) / sigma) ** 2)
-        self._taps = (taps / taps.sum()).astype(np.float32)
+        self._taps = gaussian_taps(sigma)
+        self._radius = self._taps.size // 2
 
     def _blur(self, images):
         size = self._taps.size
@@ -82,8 +84,8 @@ class RandomDetailGain(layers.Layer):
         smooth = self._blur(images)
         log_gain = keras.random.uniform(
             (ops.shape(images)[0], 1, 1, 1),
-            -float(np.log(self.max_gain)),
-            float(np.log(self.max_gain)),
+            -math.log(self.max_gain),
+            math.log(self.max_gain),
             seed=self._generator,
         )
         return ops.clip(smooth + ops.exp(log_gain) * (images - smooth), 0.0, 1.0)

@@ -95,9 +95,11 @@ def preprocess_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     normalization: str = "equalize",
     crop_to_body: bool = False,
+    normalize_detail: bool = False,
 ) -> np.ndarray:
-    """`Preprocessing(size, normalization, crop_to_body)(image)`: the one input function."""
-    return Preprocessing(size, normalization, crop_to_body)(image, max_pixels)
+    """`Preprocessing(size, normalization, crop_to_body, normalize_detail)(image)`: the one
+    input function."""
+    return Preprocessing(size, normalization, crop_to_body, normalize_detail)(image, max_pixels)
 
 
 def normalize_detail(
@@ -134,11 +136,17 @@ def detail_amount(pixels: np.ndarray, sigma: float = DETAIL_SIGMA) -> float:
     )
 
 
-def gaussian_blur(film: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of a 2-D float array, edges mirrored."""
+def gaussian_taps(sigma: float) -> np.ndarray:
+    """A normalised 1-D Gaussian kernel reaching 3 sigma each side (odd length, float32)."""
     radius = max(1, int(3 * sigma + 0.5))
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    taps = (taps / taps.sum()).astype(np.float32)
+    return (taps / taps.sum()).astype(np.float32)
+
+
+def gaussian_blur(film: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of a 2-D float array, edges mirrored."""
+    taps = gaussian_taps(sigma)
+    radius = taps.size // 2
     for axis in (0, 1):
         padded = np.pad(
             film, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)], "reflect"
