@@ -63,6 +63,10 @@ class RandomDetailGain(layers.Layer):
 
     def __init__(self, max_gain: float, sigma: float = 3.0, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
+        if not max_gain > 1.0:
+            raise ValueError(
+                f"max_gain must be above 1 (1.5: between 1/1.5 and 1.5), not {max_gain}"
+            )
         self.max_gain, self.sigma, self.seed = max_gain, sigma, seed
         self._generator = keras.random.SeedGenerator(seed)
         self._taps = gaussian_taps(sigma)

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 
 from mlcore.fastpath import lite_forward_or_none
 from mlcore.layers import RandomCentreBrightness, RandomDetailGain
@@ -56,6 +57,11 @@ def test_detail_gain_softens_some_films_sharpens_others_and_keeps_the_coarse_pic
     assert 0.45 < fine_ratio.min() and fine_ratio.max() < 2.2  # within the gain's range
     row_means = out[..., 0].mean(axis=(0, 2))
     assert np.allclose(row_means, coarse[0, :, 0, 0], atol=0.02)
+
+
+def test_detail_gain_refuses_a_gain_that_cannot_soften_and_sharpen():
+    with pytest.raises(ValueError, match="max_gain"):
+        RandomDetailGain(0.8)
 
 
 def test_detail_gain_is_the_identity_at_inference_and_saves(tmp_path):

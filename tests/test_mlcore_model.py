@@ -90,6 +90,7 @@ def test_short_training_run_lowers_the_loss_and_writes_every_artefact(dataset_ro
         learning_rate=3e-3,
         max_zoom_in=0.3,
         centre_brightness=0.05,
+        detail_gain=1.5,
         estimate_film_shape=True,
     )
     report = train(config, on_epoch=lambda i, n, logs: epochs_seen.append(i), log=lambda _: None)
@@ -121,6 +122,8 @@ def test_short_training_run_lowers_the_loss_and_writes_every_artefact(dataset_ro
     assert list(zoom.height_factor) == [-0.3, 0.15]  # --max-zoom-in reached the network
     centre = reloaded.model.get_layer("augment").layers[5]
     assert centre.__class__.__name__ == "RandomCentreBrightness" and centre.factor == 0.05
+    detail = reloaded.model.get_layer("augment").layers[6]
+    assert detail.__class__.__name__ == "RandomDetailGain" and detail.max_gain == 1.5
 
 
 def test_class_weights_give_each_class_half_the_total_weight():
