@@ -117,23 +117,25 @@ def normalize_detail(
     film = pixels.astype(np.float32)
     smooth = gaussian_blur(film, sigma)
     detail = film - smooth
+    amount = float(np.mean(np.abs(central_half(detail))))  # the film's own: gain 1
     gain = 1.0
-    for _ in range(DETAIL_REFINEMENTS):
-        scaled = np.clip(np.rint(smooth + gain * detail), 0, 255)
-        gain = float(
-            np.clip(gain * level / max(detail_amount(scaled, sigma), 1e-6), *DETAIL_GAIN_RANGE)
-        )
+    for refinement in range(DETAIL_REFINEMENTS):
+        if refinement:
+            amount = detail_amount(np.clip(np.rint(smooth + gain * detail), 0, 255), sigma)
+        gain = float(np.clip(gain * level / max(amount, 1e-6), *DETAIL_GAIN_RANGE))
     return np.clip(np.rint(smooth + gain * detail), 0, 255).astype(np.uint8)
 
 
 def detail_amount(pixels: np.ndarray, sigma: float = DETAIL_SIGMA) -> float:
     """Mean absolute fine detail over the central half of a 2-D film (lungs, heart, spine)."""
     film = pixels.astype(np.float32)
+    return float(np.mean(np.abs(central_half(film - gaussian_blur(film, sigma)))))
+
+
+def central_half(film: np.ndarray) -> np.ndarray:
+    """The middle half of a 2-D film in each direction: no margins, labels or markers."""
     height, width = film.shape
-    detail = film - gaussian_blur(film, sigma)
-    return float(
-        np.mean(np.abs(detail[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4]))
-    )
+    return film[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4]
 
 
 def gaussian_taps(sigma: float) -> np.ndarray:

@@ -24,19 +24,24 @@ sys.path.insert(0, str(REPO))
 
 from mlcore import data as datasets  # noqa: E402
 from mlcore.imageio import decode_image, to_grayscale_8bit  # noqa: E402
-from mlcore.preprocess import Preprocessing, detail_amount, gaussian_blur  # noqa: E402
+from mlcore.preprocess import (  # noqa: E402
+    Preprocessing,
+    central_half,
+    detail_amount,
+    gaussian_blur,
+)
+from mlcore.train import TrainConfig  # noqa: E402
 from training.framing_sensitivity import zoom  # noqa: E402
 from training.splits import DEFAULT_DATA, validation_splits  # noqa: E402
 
-CARVE_SETTINGS = (0, 0.35)  # the split seed and fraction every model here was trained with
+# The carve every model here was trained beside: training's default seed and fraction.
+CARVE_SETTINGS = (TrainConfig.split_seed, TrainConfig.val_fraction)
 
 
 def coarser_bands(pixels: np.ndarray) -> tuple[float, float]:
     """Mean absolute detail between Gaussian blurs of sigma 1.5 and 3 px, and 3 and 6 px."""
     film = pixels[..., 0].astype(np.float32)
-    height, width = film.shape
-    centre = (slice(height // 4, 3 * height // 4), slice(width // 4, 3 * width // 4))
-    fine, middle, coarse = (gaussian_blur(film, sigma)[centre] for sigma in (1.5, 3.0, 6.0))
+    fine, middle, coarse = (central_half(gaussian_blur(film, s)) for s in (1.5, 3.0, 6.0))
     return float(np.mean(np.abs(fine - middle))), float(np.mean(np.abs(middle - coarse)))
 
 
@@ -60,24 +65,21 @@ def main() -> None:
     for sample in rest:
         kind = "224x224 copy" if datasets.is_stretched_copy(sample.path) else "original"
         groups.setdefault(f"train/ (not carve) {kind}", []).append(sample)
-    originals = [s for s in rest if not datasets.is_stretched_copy(s.path)]
-    print(
-        describe(
-            "train/ (not carve) original, both labels",
-            [detail_amount(plain(s.path.read_bytes())[..., 0]) for s in originals],
-        )
-    )
     groups.update(splits)
+    lines, original_amounts = [], []
     for group, samples in groups.items():
         for label, label_name in enumerate(datasets.LABELS):
             films = [s.path.read_bytes() for s in samples if s.label == label]
-            print(
-                describe(f"{group} {label_name}", [detail_amount(plain(f)[..., 0]) for f in films])
-            )
+            amounts = [detail_amount(plain(f)[..., 0]) for f in films]
+            if group == "train/ (not carve) original":
+                original_amounts += amounts
+            lines.append(describe(f"{group} {label_name}", amounts))
             bands = np.median([coarser_bands(normalized(f)) for f in films], axis=0)
-            print(
+            lines.append(
                 f"{'':42s} after normalize_detail, 1.5-3 px {bands[0]:5.2f}, 3-6 px {bands[1]:5.2f}"
             )
+    print(describe("train/ (not carve) original, both labels", original_amounts))
+    print("\n".join(lines))
     normal_films = [
         to_grayscale_8bit(decode_image(s.path.read_bytes()))
         for s in splits["validation carve"]
