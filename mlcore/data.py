@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mlcore.framing import RandomFraming
+from mlcore.imageio import decode_image, to_grayscale_8bit
 from mlcore.preprocess import Preprocessing
 
 LABELS = ("NORMAL", "PNEUMONIA")
@@ -96,9 +98,12 @@ def carve_validation(
     return train, validation
 
 
-def _load_one(args: tuple[str, Preprocessing]) -> np.ndarray:
-    path, preprocessing = args
-    return preprocessing(Path(path).read_bytes())
+def _load_one(args: tuple[str, Preprocessing, RandomFraming | None]) -> np.ndarray:
+    path, preprocessing, framing = args
+    content = Path(path).read_bytes()
+    if framing is None:
+        return preprocessing(content)
+    return preprocessing(framing(to_grayscale_8bit(decode_image(content)), Path(path).name))
 
 
 def load_arrays(
@@ -106,8 +111,11 @@ def load_arrays(
     preprocessing: Preprocessing = DEFAULT_PREPROCESSING,
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
+    framing: RandomFraming | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode and preprocess every sample into (x uint8 [N,S,S,1], y float32 [N]).
+
+    With `framing`, each film is re-framed first (one view of framing augmentation).
 
     With `cache_dir`, the arrays are kept in a .npy file named after the list of files,
     their sizes and modification times, so a second run loads in well under a second.
@@ -115,14 +123,15 @@ def load_arrays(
     labels = np.array([s.label for s in samples], dtype=np.float32)
     cache_file = None
     if cache_dir is not None:
-        key = hashlib.sha256(f"{CACHE_VERSION}|{preprocessing}".encode())
+        view = f"|{framing}" if framing else ""
+        key = hashlib.sha256(f"{CACHE_VERSION}|{preprocessing}{view}".encode())
         for sample in samples:
             stat = sample.path.stat()
             key.update(f"|{sample.path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
         cache_file = Path(cache_dir) / f"images-{preprocessing.size}-{key.hexdigest()[:20]}.npy"
         if cache_file.exists():
             return np.load(cache_file), labels
-    jobs = [(str(s.path), preprocessing) for s in samples]
+    jobs = [(str(s.path), preprocessing, framing) for s in samples]
     workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
     if workers > 1 and len(jobs) > 64:
         # Threads, not processes: Pillow decodes with the GIL released, and a Celery
@@ -135,7 +144,8 @@ def load_arrays(
     images = np.stack(arrays) if arrays else np.zeros((0, size, size, 1), np.uint8)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_file.with_suffix(".tmp.npy")
+        # One partial file per process: parallel runs may build the same cache.
+        partial = cache_file.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(partial, images)
         partial.replace(cache_file)
     return images, labels

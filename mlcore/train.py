@@ -18,12 +18,14 @@ import numpy as np
 
 from mlcore import data as datasets
 from mlcore.balance import film_shape_weights
+from mlcore.framing import RandomFraming
 from mlcore.metrics import binary_metrics, pick_threshold
 from mlcore.model import build_model
 from mlcore.plots import plot_history, write_evaluation_plots
 from mlcore.preprocess import IMAGE_SIZE, NORMALIZATIONS, Preprocessing
 from mlcore.provenance import environment
 from mlcore.serialization import MODEL_FILE, TRAIN_REPORT, ModelMetadata, save_model_dir
+from mlcore.views import RandomViewBatches
 
 EpochCallback = Callable[[int, int, dict], None]
 
@@ -50,6 +52,8 @@ class TrainConfig:
     max_zoom_in: float = 0.1
     centre_brightness: float = 0.0
     detail_gain: float = 0.0
+    framing_views: int = 0
+    max_framing_zoom: float = 1.3
     balance_film_shape: bool = False
     estimate_film_shape: bool = False
     learning_rate: float = 2e-3
@@ -132,6 +136,23 @@ class _ProgressCallback(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def _training_input(data: TrainingData, sample_weight: np.ndarray, config: TrainConfig) -> dict:
+    """`model.fit`'s training arguments: the arrays, or with framing views, batches that show
+    each film in one view drawn at random every epoch."""
+    if data.x_train_reframed:
+        views = np.stack([data.x_train, *data.x_train_reframed])
+        batches = RandomViewBatches(
+            views, data.y_train, sample_weight, config.batch_size, config.seed
+        )
+        return {"x": batches}
+    return {
+        "x": data.x_train.astype(np.float32),
+        "y": data.y_train,
+        "sample_weight": sample_weight,
+        "batch_size": config.batch_size,
+    }
+
+
 def _compile(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
     total_steps = max(1, config.epochs * steps_per_epoch)
     warmup = min(total_steps // 10, 3 * steps_per_epoch)
@@ -158,6 +179,20 @@ class TrainingData:
     counts: dict
     train_samples: list[datasets.Sample]  # in x_train's order, reviewed extras last
     val_samples: list[datasets.Sample]
+    x_train_reframed: list[np.ndarray] = field(default_factory=list)  # framing views 1..V
+
+
+def _load_train_arrays(
+    samples: list[datasets.Sample],
+    extra: list[datasets.Sample],
+    config: TrainConfig,
+    framing: RandomFraming | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    x, y = datasets.load_arrays(samples, config.preprocessing, config.cache_dir, framing=framing)
+    if extra:  # reviewed films: few, and not cached since their labels may change
+        x_extra, y_extra = datasets.load_arrays(extra, config.preprocessing, framing=framing)
+        x, y = np.concatenate([x, x_extra]), np.concatenate([y, y_extra])
+    return x, y
 
 
 def load_training_data(config: TrainConfig) -> TrainingData:
@@ -170,19 +205,23 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     train_samples = _limit(train_samples, config.limit_per_class, config.seed)
     val_samples = _limit(val_samples, config.limit_per_class, config.seed)
     extra = [datasets.Sample(Path(path), int(label)) for path, label in config.extra_samples]
-    preprocessing = config.preprocessing
-    x_train, y_train = datasets.load_arrays(train_samples, preprocessing, config.cache_dir)
-    if extra:
-        x_extra, y_extra = datasets.load_arrays(extra, preprocessing)
-        x_train, y_train = np.concatenate([x_train, x_extra]), np.concatenate([y_train, y_extra])
-    x_val, y_val = datasets.load_arrays(val_samples, preprocessing, config.cache_dir)
+    x_train, y_train = _load_train_arrays(train_samples, extra, config)
+    reframed = [
+        _load_train_arrays(
+            train_samples, extra, config, RandomFraming(config.max_framing_zoom, view)
+        )[0]
+        for view in range(1, config.framing_views + 1)
+    ]
+    x_val, y_val = datasets.load_arrays(val_samples, config.preprocessing, config.cache_dir)
     counts = {
         "train": {"normal": int((y_train == 0).sum()), "pneumonia": int((y_train == 1).sum())},
         "validation": {"normal": int((y_val == 0).sum()), "pneumonia": int((y_val == 1).sum())},
         "extra_reviewed": len(extra),
         "validation_patients": len({s.patient for s in val_samples}),
     }
-    return TrainingData(x_train, y_train, x_val, y_val, counts, train_samples + extra, val_samples)
+    return TrainingData(
+        x_train, y_train, x_val, y_val, counts, train_samples + extra, val_samples, reframed
+    )
 
 
 def save_validated_model(
@@ -237,8 +276,6 @@ def train(
         )
         sample_weight *= shape_weights
         keras.utils.set_random_seed(config.seed)  # the classifier starts as it would without
-    x_train, x_val = data.x_train.astype(np.float32), data.x_val.astype(np.float32)
-
     if config.init_model:
         model = keras.models.load_model(Path(config.init_model) / MODEL_FILE)
         log(f"fine-tuning from {config.init_model}")
@@ -254,7 +291,8 @@ def train(
             centre_brightness=config.centre_brightness,
             detail_gain=config.detail_gain,
         )
-    steps = int(np.ceil(len(x_train) / config.batch_size))
+    x_val = data.x_val.astype(np.float32)
+    steps = int(np.ceil(len(y_train) / config.batch_size))
     _compile(model, config, steps)
 
     config.out.mkdir(parents=True, exist_ok=True)
@@ -262,12 +300,9 @@ def train(
     deadline = started + config.max_seconds if config.max_seconds else None
     progress = _ProgressCallback(config.epochs, on_epoch, should_stop, deadline)
     history = model.fit(
-        x_train,
-        y_train,
+        **_training_input(data, sample_weight, config),
         validation_data=(x_val, y_val),
         epochs=config.epochs,
-        batch_size=config.batch_size,
-        sample_weight=sample_weight,
         callbacks=[
             keras.callbacks.ModelCheckpoint(
                 checkpoint, monitor="val_loss", save_best_only=True, save_weights_only=True
@@ -324,7 +359,8 @@ def train(
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """The command line's TrainConfig (see `--help`)."""
     parser = argparse.ArgumentParser(description=__doc__)
     add_dataset_and_output_arguments(parser)
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
@@ -371,6 +407,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="soften or sharpen each film's detail by a random gain up to this factor (0: off)",
     )
     parser.add_argument(
+        "--framing-views",
+        type=int,
+        default=TrainConfig.framing_views,
+        help="also frame each training film this many times tighter, at random "
+        "(mlcore.framing.RandomFraming); each epoch shows one framing per film (0: off)",
+    )
+    parser.add_argument(
+        "--max-framing-zoom",
+        type=float,
+        default=TrainConfig.max_framing_zoom,
+        help="how much tighter a framing view may be (1.3: up to 1.3x)",
+    )
+    parser.add_argument(
         "--balance-film-shape",
         action="store_true",
         help="weight the films whose shape is known (not 224x224 copies) so both classes "
@@ -399,8 +448,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--max-seconds", type=float, help="stop after the epoch that passes this time"
     )
-    args = vars(parser.parse_args(argv))
-    train(TrainConfig(**args))
+    return TrainConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    train(parse_config(argv))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mlcore import data as datasets  # noqa: E402
+from mlcore.framing import zoom  # noqa: E402
 from mlcore.imageio import decode_image, to_grayscale_8bit  # noqa: E402
 from mlcore.preprocess import (  # noqa: E402
     Preprocessing,
@@ -31,7 +32,6 @@ from mlcore.preprocess import (  # noqa: E402
     gaussian_blur,
 )
 from mlcore.train import TrainConfig  # noqa: E402
-from training.framing_sensitivity import zoom  # noqa: E402
 from training.splits import DEFAULT_DATA, validation_splits  # noqa: E402
 
 # The carve every model here was trained beside: training's default seed and fraction.

@@ -17,28 +17,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mlcore.framing import body_share, is_unusually_framed  # noqa: E402
+from mlcore.framing import body_share, is_unusually_framed, zoom  # noqa: E402
 from mlcore.imageio import decode_image, to_grayscale_8bit  # noqa: E402
 from mlcore.inference import Predictor  # noqa: E402
 from training.splits import carve_settings, validation_splits  # noqa: E402
 
 ZOOMS = (0.8, 0.9, 1.0, 1.1, 1.2)
-
-
-def zoom(image: Image.Image, factor: float) -> Image.Image:
-    """The film framed `factor` times tighter (> 1: centre crop; < 1: a black margin)."""
-    width, height = round(image.width / factor), round(image.height / factor)
-    left, top = (image.width - width) // 2, (image.height - height) // 2
-    if factor >= 1:
-        return image.crop((left, top, left + width, top + height))
-    canvas = Image.new("L", (width, height), 0)
-    canvas.paste(image, (-left, -top))
-    return canvas
 
 
 def main() -> None:

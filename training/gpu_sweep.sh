@@ -10,17 +10,11 @@ export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=torch PYTHONUNBUFFERED=1 OMP_NUM_
 data=$work/chest_xray
 out=${OUT:-/tmp/out}
 budget=${SWEEP_SECONDS:-360}
-# Decode and cache the arrays once for every preprocessing the candidates use
-# (WARM: "normalization:crop" pairs), so parallel runs do not race to write the cache.
-python3 -c "
-from pathlib import Path
-from mlcore.train import TrainConfig, load_training_data
-for pair in '${WARM:-equalize:0}'.split():
-    normalization, crop = pair.split(':')
-    load_training_data(TrainConfig(data=Path('$data'), out=Path('/tmp/x'),
-                                   cache_dir=Path('$work/cache'), normalization=normalization,
-                                   crop_to_body=crop == '1'))
-" || exit 1
+# Decode and cache the arrays once for the candidates' preprocessing (WARM: the training
+# flags that decide it), so parallel runs do not all build the same cache.
+python3 -c "import sys; from mlcore.train import load_training_data, parse_config
+load_training_data(parse_config(sys.argv[1:]))" --data "$data" --out /tmp/x \
+  --cache-dir "$work/cache" ${WARM:-} || exit 1
 nvidia-smi --query-gpu=name,memory.used --format=csv
 run() {
   name=$1; shift
