@@ -91,6 +91,7 @@ def test_short_training_run_lowers_the_loss_and_writes_every_artefact(dataset_ro
         max_zoom_in=0.3,
         centre_brightness=0.05,
         detail_gain=1.5,
+        framing_views=1,
         estimate_film_shape=True,
     )
     report = train(config, on_epoch=lambda i, n, logs: epochs_seen.append(i), log=lambda _: None)
@@ -109,6 +110,7 @@ def test_short_training_run_lowers_the_loss_and_writes_every_artefact(dataset_ro
     assert 0.0 <= report["metrics"]["auc"] <= 1.0
     assert report["environment"]["keras"] == keras.__version__
     assert report["config"]["estimate_film_shape"] is True
+    assert report["config"]["framing_views"] == 1
     shape = report["data"]["film_shape"]
     trained = report["data"]["train"]["normal"] + report["data"]["train"]["pneumonia"]
     assert shape["films_of_known_shape"] + shape["films_of_estimated_shape"] == trained
