@@ -458,6 +458,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "normalization",
         "crop_to_body",
         "normalize_detail",
+        "detail_bands",
         "training_info",
     )
     readonly_fields = fields

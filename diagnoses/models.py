@@ -49,6 +49,7 @@ class ModelVersion(models.Model):
     )
     crop_to_body = models.BooleanField(default=False)
     normalize_detail = models.BooleanField(default=False)
+    detail_bands = models.PositiveSmallIntegerField(default=1)
     metrics = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     is_active = models.BooleanField(default=False)
@@ -85,13 +86,18 @@ class ModelVersion(models.Model):
             normalization=metadata.preprocessing.normalization,
             crop_to_body=metadata.preprocessing.crop_to_body,
             normalize_detail=metadata.preprocessing.normalize_detail,
+            detail_bands=metadata.preprocessing.detail_bands,
             **fields,
         )
 
     def metadata(self) -> ModelMetadata:
         """The model.json this version's model.keras needs to be served as it was trained."""
         preprocessing = Preprocessing(
-            self.image_size, self.normalization, self.crop_to_body, self.normalize_detail
+            self.image_size,
+            self.normalization,
+            self.crop_to_body,
+            self.normalize_detail,
+            self.detail_bands,
         )
         return ModelMetadata(self.name, self.threshold, preprocessing)
 

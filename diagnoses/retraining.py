@@ -400,6 +400,7 @@ def _train_evaluate_register(
             normalization=preprocessing.normalization,
             crop_to_body=preprocessing.crop_to_body,
             normalize_detail=preprocessing.normalize_detail,
+            detail_bands=preprocessing.detail_bands,
         )
         reporter.log(f"fine-tuning {base.name}")
     name = f"{'ft' if job.mode == Mode.FINE_TUNE else 'scratch'}-job{job.pk}-" + (

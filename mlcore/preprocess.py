@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,10 @@ CLAHE_CLIP_LIMIT = 2.0
 # training originals (training/detail_level.py: 5.73 cropped to the body, 5.43 whole).
 DETAIL_LEVEL = 5.7
 DETAIL_SIGMA = 1.5
+# The bands `normalize_detail` can level, fine to coarse: (sigma of the blur below the band,
+# its level), the levels about the medians of the training originals cropped to the body
+# (training/detail_level.py --crop-to-body: 5.73, 4.53 and 6.54).
+DETAIL_BANDS = ((DETAIL_SIGMA, DETAIL_LEVEL), (3.0, 4.5), (6.0, 6.5))
 DETAIL_GAIN_RANGE = (0.5, 3.0)
 DETAIL_REFINEMENTS = 3
 
@@ -29,6 +34,7 @@ class Preprocessing:
     normalization: str = "equalize"
     crop_to_body: bool = False
     normalize_detail: bool = False
+    detail_bands: int = 1  # how many of DETAIL_BANDS normalize_detail levels, finest first
 
     def __post_init__(self):
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 16:
@@ -43,6 +49,12 @@ class Preprocessing:
             raise ValueError(
                 f"normalize_detail must be true or false, not {self.normalize_detail!r}"
             )
+        if self.detail_bands not in range(1, len(DETAIL_BANDS) + 1) or isinstance(
+            self.detail_bands, bool
+        ):
+            raise ValueError(
+                f"detail_bands must be 1 to {len(DETAIL_BANDS)}, not {self.detail_bands!r}"
+            )
 
     def __call__(
         self, image: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS
@@ -55,9 +67,9 @@ class Preprocessing:
         CLAHE (contrast-limited, per tile), which keeps local contrast inside the lungs.
         With `crop_to_body`, the black margins around the patient are cut first (see
         `body_box`): global equalisation spreads a wide margin over part of the grey scale
-        and whitens the lungs. With `normalize_detail`, the fine detail of every film is
-        then brought to one level (see `normalize_detail`). The model rescales to [0, 1]
-        itself.
+        and whitens the lungs. With `normalize_detail`, the detail of every film is then
+        brought to one level, in the `detail_bands` finest bands of DETAIL_BANDS (see
+        `normalize_detail`). The model rescales to [0, 1] itself.
         """
         return self.with_box(image, max_pixels)[0]
 
@@ -85,7 +97,7 @@ class Preprocessing:
         else:
             pixels = np.asarray(ImageOps.equalize(image), dtype=np.uint8)
         if self.normalize_detail:
-            pixels = normalize_detail(pixels)
+            pixels = normalize_detail(pixels, DETAIL_BANDS[: self.detail_bands])
         return pixels[..., np.newaxis], box
 
 
@@ -96,34 +108,58 @@ def preprocess_image(
     normalization: str = "equalize",
     crop_to_body: bool = False,
     normalize_detail: bool = False,
+    detail_bands: int = 1,
 ) -> np.ndarray:
-    """`Preprocessing(size, normalization, crop_to_body, normalize_detail)(image)`: the one
-    input function."""
-    return Preprocessing(size, normalization, crop_to_body, normalize_detail)(image, max_pixels)
+    """`Preprocessing(size, normalization, crop_to_body, normalize_detail, detail_bands)(image)`:
+    the one input function."""
+    preprocessing = Preprocessing(size, normalization, crop_to_body, normalize_detail, detail_bands)
+    return preprocessing(image, max_pixels)
 
 
 def normalize_detail(
-    pixels: np.ndarray, level: float = DETAIL_LEVEL, sigma: float = DETAIL_SIGMA
+    pixels: np.ndarray, bands: Sequence[tuple[float, float]] = DETAIL_BANDS[:1]
 ) -> np.ndarray:
-    """Scale a 2-D uint8 film's fine detail so that its centre has the same amount in every film.
+    """Scale a 2-D uint8 film's detail so that its centre has the same amount in every film.
 
-    Fine detail is the film minus a Gaussian blur of it (`detail_amount`). How much of it a
-    film keeps depends on the original's size and the way it was shrunk, not only on the
-    lungs: the 224x224 copies that make up 70% of train/ have about a quarter less than the
-    originals. The blurred film is kept and its detail multiplied by a gain, refined on
-    the result (the blur of the scaled detail is not zero), until the result has `level`.
-    The gain is limited so that a flat film's noise is not blown up.
+    Detail is the film minus a Gaussian blur of it; `bands` splits it by scale, each band
+    (sigma, level) lying between the blur of the band before (the film itself, first) and a
+    blur of `sigma` px, with `level` the amount it is given. How much detail a film keeps
+    depends on the original's size and the way it was shrunk, not only on the lungs: the
+    224x224 copies that make up 70% of train/ have about a quarter less than the originals.
+    The coarsest blur is kept and each band multiplied by a gain, refined on the result (a
+    blur of scaled detail is not zero), until each band of the result has its level. The
+    gains are limited so that a flat film's noise is not blown up.
     """
-    film = pixels.astype(np.float32)
-    smooth = gaussian_blur(film, sigma)
-    detail = film - smooth
-    amount = float(np.mean(np.abs(central_half(detail))))  # the film's own: gain 1
-    gain = 1.0
+    sigmas = [sigma for sigma, _ in bands]
+    base, details = detail_bands(pixels.astype(np.float32), sigmas)
+    amounts = [_amount(detail) for detail in details]  # the film's own: gains 1
+    gains = [1.0] * len(details)
     for refinement in range(DETAIL_REFINEMENTS):
         if refinement:
-            amount = detail_amount(np.clip(np.rint(smooth + gain * detail), 0, 255), sigma)
-        gain = float(np.clip(gain * level / max(amount, 1e-6), *DETAIL_GAIN_RANGE))
-    return np.clip(np.rint(smooth + gain * detail), 0, 255).astype(np.uint8)
+            result = _recompose(base, details, gains)
+            amounts = [_amount(detail) for detail in detail_bands(result, sigmas)[1]]
+        gains = [
+            float(np.clip(gain * level / max(amount, 1e-6), *DETAIL_GAIN_RANGE))
+            for gain, (_, level), amount in zip(gains, bands, amounts, strict=True)
+        ]
+    return _recompose(base, details, gains).astype(np.uint8)
+
+
+def _amount(detail: np.ndarray) -> float:
+    return float(np.mean(np.abs(central_half(detail))))
+
+
+def _recompose(base: np.ndarray, details: list[np.ndarray], gains: list[float]) -> np.ndarray:
+    film = base
+    for detail, gain in zip(details, gains, strict=True):
+        film = film + gain * detail
+    return np.clip(np.rint(film), 0, 255)
+
+
+def detail_bands(film: np.ndarray, sigmas: Sequence[float]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A 2-D float film as its blur at the last sigma plus one band of detail per sigma."""
+    blurs = [film] + [gaussian_blur(film, sigma) for sigma in sigmas]
+    return blurs[-1], [blurs[index] - blurs[index + 1] for index in range(len(sigmas))]
 
 
 def detail_amount(pixels: np.ndarray, sigma: float = DETAIL_SIGMA) -> float:

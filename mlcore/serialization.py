@@ -30,6 +30,7 @@ class ModelMetadata:
                 normalization=raw.get("normalization", "equalize"),
                 crop_to_body=raw.get("crop_to_body", False),
                 normalize_detail=raw.get("normalize_detail", False),
+                detail_bands=raw.get("detail_bands", 1),
             ),
         )
 
@@ -41,6 +42,7 @@ class ModelMetadata:
             "normalization": self.preprocessing.normalization,
             "crop_to_body": self.preprocessing.crop_to_body,
             "normalize_detail": self.preprocessing.normalize_detail,
+            "detail_bands": self.preprocessing.detail_bands,
         }
 
     @classmethod

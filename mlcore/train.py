@@ -45,6 +45,7 @@ class TrainConfig:
     normalization: str = "equalize"
     crop_to_body: bool = False
     normalize_detail: bool = False
+    detail_bands: int = 1
     width: int = 24
     dropout: float = 0.3
     augment_strength: float = 1.0
@@ -75,7 +76,11 @@ class TrainConfig:
     @property
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(
-            self.image_size, self.normalization, self.crop_to_body, self.normalize_detail
+            self.image_size,
+            self.normalization,
+            self.crop_to_body,
+            self.normalize_detail,
+            self.detail_bands,
         )
 
 
@@ -378,6 +383,13 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
         "--normalize-detail",
         action="store_true",
         help="bring every film's fine detail to one level (mlcore.preprocess.normalize_detail)",
+    )
+    parser.add_argument(
+        "--detail-bands",
+        type=int,
+        default=TrainConfig.detail_bands,
+        help="with --normalize-detail, level this many bands of detail, finest first "
+        "(mlcore.preprocess.DETAIL_BANDS: sigma 1.5, 3 and 6 px)",
     )
     parser.add_argument("--width", type=int, default=TrainConfig.width)
     parser.add_argument("--dropout", type=float, default=TrainConfig.dropout)

@@ -53,7 +53,9 @@ def input_steps(config: dict) -> str:
     normalization = config.get("normalization", "equalize")
     steps.append("CLAHE-equalised" if normalization == "clahe" else "histogram-equalised")
     if config.get("normalize_detail"):
-        steps.append("fine detail brought to one level (`normalize_detail`)")
+        bands = config.get("detail_bands", 1)
+        scales = "fine detail" if bands == 1 else f"detail in {bands} bands of scale"
+        steps.append(f"{scales} brought to one level (`normalize_detail`)")
     return ", ".join(steps)
 
 
