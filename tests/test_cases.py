@@ -209,15 +209,17 @@ def test_a_models_preprocessing_survives_registration_and_the_worker_cache(
         "normalization": "clahe",
         "crop_to_body": True,
         "normalize_detail": True,
+        "detail_bands": 3,
     }
     (folder / "model.json").write_text(json.dumps(written))
     call_command("ensure_model", stdout=io.StringIO())
     registered = ModelVersion.objects.get(name="v-cropped")
-    assert (registered.normalization, registered.crop_to_body, registered.normalize_detail) == (
-        "clahe",
-        True,
-        True,
-    )
+    assert (
+        registered.normalization,
+        registered.crop_to_body,
+        registered.normalize_detail,
+        registered.detail_bands,
+    ) == ("clahe", True, True, 3)
     local = ensure_local_model_dir(registered)
     assert json.loads((local / "model.json").read_text()) == written
     assert (

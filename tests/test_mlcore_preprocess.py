@@ -12,12 +12,15 @@ from mlcore.framing import body_share, is_unusually_framed
 from mlcore.inference import Predictor
 from mlcore.model import build_model
 from mlcore.preprocess import (
+    DETAIL_BANDS,
     DETAIL_GAIN_RANGE,
     DETAIL_LEVEL,
     Preprocessing,
     body_box,
+    central_half,
     clahe,
     detail_amount,
+    detail_bands,
     gaussian_blur,
     normalize_detail,
     preprocess_image,
@@ -95,6 +98,30 @@ def test_normalize_detail_gives_a_soft_and_a_sharp_copy_of_a_film_the_same_detai
     assert np.abs(smooth - gaussian_blur(film.astype(np.float32), 3.0)).mean() < 2.0
 
 
+def band_amounts(film: np.ndarray) -> np.ndarray:
+    _, bands = detail_bands(film.astype(np.float32), [sigma for sigma, _ in DETAIL_BANDS])
+    return np.array([np.mean(np.abs(central_half(band))) for band in bands])
+
+
+def test_normalize_detail_levels_every_band_it_is_given():
+    film = np.asarray(Preprocessing(crop_to_body=True)(sample_files()[0].read_bytes()))[..., 0]
+    coarse = gaussian_blur(film.astype(np.float32), 12.0)
+    soft = np.rint(coarse + 0.6 * (film - coarse)).astype(np.uint8)  # every band at 0.6x
+    levels = np.array([level for _, level in DETAIL_BANDS])
+    assert np.all(band_amounts(soft) < 0.7 * band_amounts(film))
+    for copy in (film, soft):
+        # Within 10%: the bands overlap, and rounding and clipping to 0-255 move them a little.
+        leveled = band_amounts(normalize_detail(copy, DETAIL_BANDS))
+        assert np.all(np.abs(leveled - levels) < 0.1 * levels)
+    # One band leaves the coarser ones as the film has them.
+    assert band_amounts(normalize_detail(film))[2] > levels[2] + 1.5
+    gap = np.abs(
+        band_amounts(normalize_detail(film, DETAIL_BANDS))
+        - band_amounts(normalize_detail(soft, DETAIL_BANDS))
+    )
+    assert np.all(gap < 0.5)
+
+
 def test_normalize_detail_limits_the_gain_and_keeps_flat_films_flat():
     faint = np.random.default_rng(0).normal(128, 0.6, (224, 224)).round().astype(np.uint8)
     gain = np.std(normalize_detail(faint).astype(float)) / np.std(faint.astype(float))
@@ -103,12 +130,17 @@ def test_normalize_detail_limits_the_gain_and_keeps_flat_films_flat():
     assert np.array_equal(normalize_detail(flat), flat)
 
 
-def test_preprocessing_with_normalize_detail_is_served_as_trained(tmp_path):
-    preprocessing = Preprocessing(size=64, crop_to_body=True, normalize_detail=True)
+@pytest.mark.parametrize("bands", [1, 3])
+def test_preprocessing_with_normalize_detail_is_served_as_trained(tmp_path, bands):
+    preprocessing = Preprocessing(
+        size=64, crop_to_body=True, normalize_detail=True, detail_bands=bands
+    )
     ModelMetadata("v1", 0.4, preprocessing).write(tmp_path)
     assert ModelMetadata.read(tmp_path).preprocessing == preprocessing
     blob = sample_files()[0].read_bytes()
     assert not np.array_equal(preprocessing(blob), Preprocessing(64, crop_to_body=True)(blob))
+    other = Preprocessing(64, crop_to_body=True, normalize_detail=True, detail_bands=4 - bands)
+    assert not np.array_equal(preprocessing(blob), other(blob))
 
 
 def test_unknown_normalization_is_refused():
@@ -156,9 +188,12 @@ def test_a_film_padded_to_twice_its_size_is_still_flagged():
         {"normalization": "CLAHE"},
         {"crop_to_body": "false"},
         {"normalize_detail": 1},
+        {"detail_bands": 0},
+        {"detail_bands": len(DETAIL_BANDS) + 1},
+        {"detail_bands": True},
         {"image_size": "224"},
     ],
-    ids=["normalization", "crop", "detail", "size"],
+    ids=["normalization", "crop", "detail", "no-bands", "too-many-bands", "bool-bands", "size"],
 )
 def test_model_json_with_bad_preprocessing_values_is_refused(raw):
     with pytest.raises(ValueError):
