@@ -6,9 +6,11 @@ Fine detail = the equalised 224x224 film minus a Gaussian blur of it (mlcore.pre
 `normalize_detail` measures it the same way), averaged over the centre of the film. Printed
 per split (the rest of train/ by provenance, the validation carve, the official val/), per
 label, and for the carve's normal films framed 1.2x tighter, as stored and after
-`normalize_detail`. Below each group, the coarser detail that `normalize_detail` leaves as
-it is (between blurs of 1.5 and 3 px, and of 3 and 6 px), measured on normalised films.
-No model is involved, and test/ is not read.
+`normalize_detail`. Below each group, the median amount in each band of DETAIL_BANDS (finer
+than a blur of 1.5 px, between blurs of 1.5 and 3 px, and of 3 and 6 px), as stored and
+after `normalize_detail` of the finest band alone; the first line gives the training
+originals' medians, from which the bands' levels were set. No model is involved, and test/
+is not read.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from mlcore import data as datasets  # noqa: E402
 from mlcore.framing import zoom  # noqa: E402
 from mlcore.imageio import decode_image, to_grayscale_8bit  # noqa: E402
 from mlcore.preprocess import (  # noqa: E402
+    DETAIL_BANDS,
     Preprocessing,
     central_half,
     detail_amount,
-    gaussian_blur,
+    detail_bands,
+    normalize_detail,
 )
 from mlcore.train import TrainConfig  # noqa: E402
 from training.splits import DEFAULT_DATA, validation_splits  # noqa: E402
@@ -38,11 +42,15 @@ from training.splits import DEFAULT_DATA, validation_splits  # noqa: E402
 CARVE_SETTINGS = (TrainConfig.split_seed, TrainConfig.val_fraction)
 
 
-def coarser_bands(pixels: np.ndarray) -> tuple[float, float]:
-    """Mean absolute detail between Gaussian blurs of sigma 1.5 and 3 px, and 3 and 6 px."""
-    film = pixels[..., 0].astype(np.float32)
-    fine, middle, coarse = (central_half(gaussian_blur(film, s)) for s in (1.5, 3.0, 6.0))
-    return float(np.mean(np.abs(fine - middle))), float(np.mean(np.abs(middle - coarse)))
+def band_amounts(film: np.ndarray) -> list[float]:
+    """Mean absolute detail over the centre of a 2-D film in each band of DETAIL_BANDS."""
+    sigmas = [sigma for sigma, _ in DETAIL_BANDS]
+    _, bands = detail_bands(film.astype(np.float32), sigmas)
+    return [float(np.mean(np.abs(central_half(band)))) for band in bands]
+
+
+def describe_bands(name: str, amounts: list[list[float]]) -> str:
+    return f"{'':42s} {name}: " + " / ".join(f"{m:5.2f}" for m in np.median(amounts, axis=0))
 
 
 def describe(name: str, amounts: list[float]) -> str:
@@ -66,19 +74,21 @@ def main() -> None:
         kind = "224x224 copy" if datasets.is_stretched_copy(sample.path) else "original"
         groups.setdefault(f"train/ (not carve) {kind}", []).append(sample)
     groups.update(splits)
-    lines, original_amounts = [], []
+    lines, original_amounts, original_bands = [], [], []
     for group, samples in groups.items():
         for label, label_name in enumerate(datasets.LABELS):
-            films = [s.path.read_bytes() for s in samples if s.label == label]
-            amounts = [detail_amount(plain(f)[..., 0]) for f in films]
+            films = [plain(s.path.read_bytes())[..., 0] for s in samples if s.label == label]
+            amounts = [detail_amount(film) for film in films]
+            bands = [band_amounts(film) for film in films]
             if group == "train/ (not carve) original":
                 original_amounts += amounts
+                original_bands += bands
             lines.append(describe(f"{group} {label_name}", amounts))
-            bands = np.median([coarser_bands(normalized(f)) for f in films], axis=0)
-            lines.append(
-                f"{'':42s} after normalize_detail, 1.5-3 px {bands[0]:5.2f}, 3-6 px {bands[1]:5.2f}"
-            )
+            lines.append(describe_bands("bands as stored", bands))
+            leveled = [band_amounts(normalize_detail(film)) for film in films]
+            lines.append(describe_bands("bands after normalize_detail (finest)", leveled))
     print(describe("train/ (not carve) original, both labels", original_amounts))
+    print(describe_bands("bands as stored", original_bands))
     print("\n".join(lines))
     normal_films = [
         to_grayscale_8bit(decode_image(s.path.read_bytes()))
