@@ -6,6 +6,7 @@ import hashlib
 import os
 import random
 import re
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -144,8 +145,10 @@ def load_arrays(
     images = np.stack(arrays) if arrays else np.zeros((0, size, size, 1), np.uint8)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        # One partial file per process: parallel runs may build the same cache.
-        partial = cache_file.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(partial, images)
-        partial.replace(cache_file)
+        # A partial file of its own: parallel runs may build the same cache.
+        with tempfile.NamedTemporaryFile(
+            dir=cache_file.parent, suffix=".tmp.npy", delete=False
+        ) as partial:
+            np.save(partial, images)
+        Path(partial.name).replace(cache_file)
     return images, labels

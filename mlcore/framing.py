@@ -45,11 +45,12 @@ def zoom(image: Image.Image, factor: float, shift: tuple[float, float] = (0.0, 0
     bottom edge); 0 centres it.
     """
     width, height = round(image.width / factor), round(image.height / factor)
-    left, top = (image.width - width) // 2, (image.height - height) // 2
+    spare_x, spare_y = image.width - width, image.height - height
     if factor >= 1:
-        left += round(shift[0] * left)
-        top += round(shift[1] * top)
+        left = (spare_x + round(shift[0] * spare_x)) // 2
+        top = (spare_y + round(shift[1] * spare_y)) // 2
         return image.crop((left, top, left + width, top + height))
+    left, top = spare_x // 2, spare_y // 2
     canvas = Image.new("L", (width, height), 0)
     canvas.paste(image, (-left, -top))
     return canvas
@@ -73,6 +74,6 @@ class RandomFraming:
             raise ValueError(f"max_zoom must be above 1, not {self.max_zoom!r}")
 
     def __call__(self, image: Image.Image, name: str) -> Image.Image:
-        rng = random.Random(f"{self.view}|{self.max_zoom}|{name}")
+        rng = random.Random(f"{self.view}|{float(self.max_zoom)}|{name}")
         factor = math.exp(rng.uniform(0.0, math.log(self.max_zoom)))
         return zoom(image, factor, (rng.uniform(-1, 1), rng.uniform(-1, 1)))

@@ -49,12 +49,15 @@ class Preprocessing:
             raise ValueError(
                 f"normalize_detail must be true or false, not {self.normalize_detail!r}"
             )
-        if self.detail_bands not in range(1, len(DETAIL_BANDS) + 1) or isinstance(
-            self.detail_bands, bool
+        bands = self.detail_bands
+        if (
+            not isinstance(bands, int)
+            or isinstance(bands, bool)
+            or not 1 <= bands <= len(DETAIL_BANDS)
         ):
-            raise ValueError(
-                f"detail_bands must be 1 to {len(DETAIL_BANDS)}, not {self.detail_bands!r}"
-            )
+            raise ValueError(f"detail_bands must be 1 to {len(DETAIL_BANDS)}, not {bands!r}")
+        if bands != 1 and not self.normalize_detail:
+            raise ValueError("detail_bands only applies with normalize_detail")
 
     def __call__(
         self, image: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS
@@ -132,12 +135,12 @@ def normalize_detail(
     """
     sigmas = [sigma for sigma, _ in bands]
     base, details = detail_bands(pixels.astype(np.float32), sigmas)
-    amounts = [_amount(detail) for detail in details]  # the film's own: gains 1
+    amounts = [_central_amount(detail) for detail in details]  # the film's own: gains 1
     gains = [1.0] * len(details)
     for refinement in range(DETAIL_REFINEMENTS):
         if refinement:
             result = _recompose(base, details, gains)
-            amounts = [_amount(detail) for detail in detail_bands(result, sigmas)[1]]
+            amounts = band_amounts(result, bands)
         gains = [
             float(np.clip(gain * level / max(amount, 1e-6), *DETAIL_GAIN_RANGE))
             for gain, (_, level), amount in zip(gains, bands, amounts, strict=True)
@@ -145,7 +148,15 @@ def normalize_detail(
     return _recompose(base, details, gains).astype(np.uint8)
 
 
-def _amount(detail: np.ndarray) -> float:
+def band_amounts(
+    film: np.ndarray, bands: Sequence[tuple[float, float]] = DETAIL_BANDS
+) -> list[float]:
+    """The mean absolute detail over the centre of a 2-D film in each of `bands`."""
+    _, details = detail_bands(film.astype(np.float32), [sigma for sigma, _ in bands])
+    return [_central_amount(detail) for detail in details]
+
+
+def _central_amount(detail: np.ndarray) -> float:
     return float(np.mean(np.abs(central_half(detail))))
 
 

@@ -145,7 +145,7 @@ def _training_input(data: TrainingData, sample_weight: np.ndarray, config: Train
     """`model.fit`'s training arguments: the arrays, or with framing views, batches that show
     each film in one view drawn at random every epoch."""
     if data.x_train_reframed:
-        views = np.stack([data.x_train, *data.x_train_reframed])
+        views = [data.x_train, *data.x_train_reframed]
         batches = RandomViewBatches(
             views, data.y_train, sample_weight, config.batch_size, config.seed
         )
@@ -423,7 +423,8 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
         type=int,
         default=TrainConfig.framing_views,
         help="also frame each training film this many times tighter, at random "
-        "(mlcore.framing.RandomFraming); each epoch shows one framing per film (0: off)",
+        "(mlcore.framing.RandomFraming); each epoch shows each film in one of its N+1 "
+        "framings, as stored in 1 of N+1 epochs on average (0: off)",
     )
     parser.add_argument(
         "--max-framing-zoom",

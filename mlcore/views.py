@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -11,22 +12,22 @@ import numpy as np
 class RandomViewBatches(keras.utils.PyDataset):
     """Batches of (images, labels, weights) for `model.fit`.
 
-    `views` is (V, N, S, S, 1) uint8: V framings of the same N films (view 0 as stored).
-    Every epoch the films are shuffled and each is shown in one view drawn at random, so an
-    epoch has as many steps as without views and costs the same.
+    `views` are V (N, S, S, 1) uint8 arrays: V framings of the same N films (view 0 as
+    stored). Every epoch the films are shuffled and each is shown in one view drawn at
+    random, so an epoch has as many steps as without views and costs the same.
     """
 
     def __init__(
         self,
-        views: np.ndarray,
+        views: Sequence[np.ndarray],
         labels: np.ndarray,
         sample_weight: np.ndarray,
         batch_size: int,
         seed: int,
     ):
         super().__init__()
-        if views.ndim != 5 or views.shape[1] != len(labels):
-            raise ValueError(f"views must be (V, N, S, S, 1) with N = {len(labels)} films")
+        if any(view.shape[0] != len(labels) for view in views):
+            raise ValueError(f"every view must hold the same N = {len(labels)} films")
         self.views, self.labels = views, labels.astype(np.float32)
         self.sample_weight = sample_weight.astype(np.float32)
         self.batch_size = batch_size
@@ -42,7 +43,8 @@ class RandomViewBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
-        images = self.views[self._view_of[rows], rows].astype(np.float32)
+        images = np.stack([self.views[self._view_of[row]][row] for row in rows])
+        images = images.astype(np.float32)
         return images, self.labels[rows], self.sample_weight[rows]
 
     def on_epoch_end(self) -> None:

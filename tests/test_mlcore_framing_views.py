@@ -26,6 +26,9 @@ def test_zoom_crops_a_tighter_frame_where_the_shift_puts_it():
     assert np.asarray(centred)[0, 0] == 10  # (100 - 80) / 2 columns cut on the left
     assert np.asarray(zoom(film, 1.25, (-1, -1)))[0, 0] == 0  # the left edge
     assert np.asarray(zoom(film, 1.25, (1, 1)))[0, -1] == 99  # the right edge
+    odd = numbered_film(101, 80)  # 21 spare columns: the edges are still reached
+    assert np.asarray(zoom(odd, 101 / 80, (1, 0)))[0, -1] == 100
+    assert np.asarray(zoom(odd, 101 / 80, (-1, 0)))[0, 0] == 0
 
 
 def test_zoom_below_one_adds_a_black_margin():
@@ -69,12 +72,12 @@ def test_framed_arrays_are_preprocessed_after_framing_and_cached_apart(tmp_path)
     assert np.array_equal(cached, framed)
 
 
-def identifiable_views(count: int, films: int) -> np.ndarray:
+def identifiable_views(count: int, films: int) -> list[np.ndarray]:
     """Views whose pixel (0, 0) is the film's number and pixel (0, 1) the view's."""
     views = np.zeros((count, films, 8, 8, 1), np.uint8)
     views[:, :, 0, 0, 0] = np.arange(films)
     views[:, :, 0, 1, 0] = np.arange(count)[:, None]
-    return views
+    return list(views)
 
 
 def test_view_batches_show_every_film_once_per_epoch_in_a_random_view():
@@ -83,9 +86,9 @@ def test_view_batches_show_every_film_once_per_epoch_in_a_random_view():
     weights = np.arange(films, dtype=np.float32) + 1
     batches = RandomViewBatches(identifiable_views(4, films), labels, weights, 4, seed=0)
     assert len(batches) == 3
-    views_seen = set()
+    views_seen, views_by_epoch = set(), []
     for _ in range(3):
-        shown = []
+        shown, views_of_film = [], np.zeros(films, int)
         for index in range(len(batches)):
             images, batch_labels, batch_weights = batches[index]
             assert images.dtype == np.float32
@@ -93,10 +96,13 @@ def test_view_batches_show_every_film_once_per_epoch_in_a_random_view():
             assert np.array_equal(batch_labels, labels[numbers])
             assert np.array_equal(batch_weights, weights[numbers])
             shown += numbers.tolist()
-            views_seen.update(images[:, 0, 1, 0].astype(int).tolist())
+            views_of_film[numbers] = images[:, 0, 1, 0].astype(int)
+            views_seen.update(views_of_film[numbers].tolist())
         assert sorted(shown) == list(range(films))
+        views_by_epoch.append(views_of_film)
         batches.on_epoch_end()
     assert views_seen == {0, 1, 2, 3}
+    assert not np.array_equal(views_by_epoch[0], views_by_epoch[1])  # drawn anew each epoch
 
 
 def test_view_batches_refuse_views_of_other_films():

@@ -16,11 +16,10 @@ from mlcore.preprocess import (
     DETAIL_GAIN_RANGE,
     DETAIL_LEVEL,
     Preprocessing,
+    band_amounts,
     body_box,
-    central_half,
     clahe,
     detail_amount,
-    detail_bands,
     gaussian_blur,
     normalize_detail,
     preprocess_image,
@@ -98,26 +97,24 @@ def test_normalize_detail_gives_a_soft_and_a_sharp_copy_of_a_film_the_same_detai
     assert np.abs(smooth - gaussian_blur(film.astype(np.float32), 3.0)).mean() < 2.0
 
 
-def band_amounts(film: np.ndarray) -> np.ndarray:
-    _, bands = detail_bands(film.astype(np.float32), [sigma for sigma, _ in DETAIL_BANDS])
-    return np.array([np.mean(np.abs(central_half(band))) for band in bands])
-
-
 def test_normalize_detail_levels_every_band_it_is_given():
+    def amounts(film):
+        return np.array(band_amounts(film))
+
     film = np.asarray(Preprocessing(crop_to_body=True)(sample_files()[0].read_bytes()))[..., 0]
     coarse = gaussian_blur(film.astype(np.float32), 12.0)
     soft = np.rint(coarse + 0.6 * (film - coarse)).astype(np.uint8)  # every band at 0.6x
     levels = np.array([level for _, level in DETAIL_BANDS])
-    assert np.all(band_amounts(soft) < 0.7 * band_amounts(film))
+    assert np.all(amounts(soft) < 0.7 * amounts(film))
     for copy in (film, soft):
         # Within 10%: the bands overlap, and rounding and clipping to 0-255 move them a little.
-        leveled = band_amounts(normalize_detail(copy, DETAIL_BANDS))
+        leveled = amounts(normalize_detail(copy, DETAIL_BANDS))
         assert np.all(np.abs(leveled - levels) < 0.1 * levels)
     # One band leaves the coarser ones as the film has them.
-    assert band_amounts(normalize_detail(film))[2] > levels[2] + 1.5
+    assert amounts(normalize_detail(film))[2] > levels[2] + 1.5
     gap = np.abs(
-        band_amounts(normalize_detail(film, DETAIL_BANDS))
-        - band_amounts(normalize_detail(soft, DETAIL_BANDS))
+        amounts(normalize_detail(film, DETAIL_BANDS))
+        - amounts(normalize_detail(soft, DETAIL_BANDS))
     )
     assert np.all(gap < 0.5)
 
@@ -139,7 +136,8 @@ def test_preprocessing_with_normalize_detail_is_served_as_trained(tmp_path, band
     assert ModelMetadata.read(tmp_path).preprocessing == preprocessing
     blob = sample_files()[0].read_bytes()
     assert not np.array_equal(preprocessing(blob), Preprocessing(64, crop_to_body=True)(blob))
-    other = Preprocessing(64, crop_to_body=True, normalize_detail=True, detail_bands=4 - bands)
+    other_bands = len(DETAIL_BANDS) if bands == 1 else 1
+    other = Preprocessing(64, crop_to_body=True, normalize_detail=True, detail_bands=other_bands)
     assert not np.array_equal(preprocessing(blob), other(blob))
 
 
@@ -191,9 +189,21 @@ def test_a_film_padded_to_twice_its_size_is_still_flagged():
         {"detail_bands": 0},
         {"detail_bands": len(DETAIL_BANDS) + 1},
         {"detail_bands": True},
+        {"detail_bands": 2.0},
+        {"detail_bands": 2},  # without normalize_detail
         {"image_size": "224"},
     ],
-    ids=["normalization", "crop", "detail", "no-bands", "too-many-bands", "bool-bands", "size"],
+    ids=[
+        "normalization",
+        "crop",
+        "detail",
+        "no-bands",
+        "too-many-bands",
+        "bool-bands",
+        "float-bands",
+        "bands-without-detail",
+        "size",
+    ],
 )
 def test_model_json_with_bad_preprocessing_values_is_refused(raw):
     with pytest.raises(ValueError):

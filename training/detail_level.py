@@ -28,11 +28,9 @@ from mlcore import data as datasets  # noqa: E402
 from mlcore.framing import zoom  # noqa: E402
 from mlcore.imageio import decode_image, to_grayscale_8bit  # noqa: E402
 from mlcore.preprocess import (  # noqa: E402
-    DETAIL_BANDS,
     Preprocessing,
-    central_half,
+    band_amounts,
     detail_amount,
-    detail_bands,
     normalize_detail,
 )
 from mlcore.train import TrainConfig  # noqa: E402
@@ -40,13 +38,6 @@ from training.splits import DEFAULT_DATA, validation_splits  # noqa: E402
 
 # The carve every model here was trained beside: training's default seed and fraction.
 CARVE_SETTINGS = (TrainConfig.split_seed, TrainConfig.val_fraction)
-
-
-def band_amounts(film: np.ndarray) -> list[float]:
-    """Mean absolute detail over the centre of a 2-D film in each band of DETAIL_BANDS."""
-    sigmas = [sigma for sigma, _ in DETAIL_BANDS]
-    _, bands = detail_bands(film.astype(np.float32), sigmas)
-    return [float(np.mean(np.abs(central_half(band)))) for band in bands]
 
 
 def describe_bands(name: str, amounts: list[list[float]]) -> str:

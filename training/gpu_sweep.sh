@@ -12,10 +12,11 @@ out=${OUT:-/tmp/out}; mkdir -p "$out"
 budget=${SWEEP_SECONDS:-360}
 # Logs go straight to $out, so that a call cut by its time limit still returns them.
 # Decode and cache the arrays once for the candidates' preprocessing (WARM: the training
-# flags that decide it), so parallel runs do not all build the same cache.
+# flags that decide it; one preprocessing, so candidates of one call share it), so
+# parallel runs do not all build the same cache.
 python3 -c "import sys; from mlcore.train import load_training_data, parse_config
 load_training_data(parse_config(sys.argv[1:]))" --data "$data" --out /tmp/x \
-  --cache-dir "$work/cache" ${WARM:-} > "$out/warm.log" 2>&1 || exit 1
+  --cache-dir "$work/cache" ${WARM:-} > "$out/warm.log" 2>&1 || { tail "$out/warm.log"; exit 1; }
 echo "cache warm after $SECONDS s"
 nvidia-smi --query-gpu=name,memory.used --format=csv
 run() {
