@@ -82,22 +82,14 @@ class ModelVersion(models.Model):
         return cls(
             name=metadata.version,
             threshold=metadata.threshold,
-            image_size=metadata.preprocessing.size,
-            normalization=metadata.preprocessing.normalization,
-            crop_to_body=metadata.preprocessing.crop_to_body,
-            normalize_detail=metadata.preprocessing.normalize_detail,
-            detail_bands=metadata.preprocessing.detail_bands,
+            **metadata.preprocessing.as_settings(),
             **fields,
         )
 
     def metadata(self) -> ModelMetadata:
         """The model.json this version's model.keras needs to be served as it was trained."""
-        preprocessing = Preprocessing(
-            self.image_size,
-            self.normalization,
-            self.crop_to_body,
-            self.normalize_detail,
-            self.detail_bands,
+        preprocessing = Preprocessing.from_settings(
+            {name: getattr(self, name) for name in Preprocessing.SETTING_NAMES}
         )
         return ModelMetadata(self.name, self.threshold, preprocessing)
 

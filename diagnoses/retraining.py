@@ -393,14 +393,9 @@ def _train_evaluate_register(
         base = job.base_version
         if base is None:
             raise RuntimeError("The model version to fine-tune no longer exists.")
-        preprocessing = base.metadata().preprocessing
         config_kwargs.update(
             init_model=ensure_local_model_dir(base),
-            image_size=preprocessing.size,
-            normalization=preprocessing.normalization,
-            crop_to_body=preprocessing.crop_to_body,
-            normalize_detail=preprocessing.normalize_detail,
-            detail_bands=preprocessing.detail_bands,
+            **base.metadata().preprocessing.as_settings(),
         )
         reporter.log(f"fine-tuning {base.name}")
     name = f"{'ft' if job.mode == Mode.FINE_TUNE else 'scratch'}-job{job.pk}-" + (

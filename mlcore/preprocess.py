@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -36,6 +37,15 @@ class Preprocessing:
     normalize_detail: bool = False
     detail_bands: int = 1  # how many of DETAIL_BANDS normalize_detail levels, finest first
 
+    # The options as model.json, TrainConfig and ModelVersion name them.
+    SETTING_NAMES: ClassVar[tuple[str, ...]] = (
+        "image_size",
+        "normalization",
+        "crop_to_body",
+        "normalize_detail",
+        "detail_bands",
+    )
+
     def __post_init__(self):
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 16:
             raise ValueError(f"image size must be an integer >= 16, not {self.size!r}")
@@ -58,6 +68,26 @@ class Preprocessing:
             raise ValueError(f"detail_bands must be 1 to {len(DETAIL_BANDS)}, not {bands!r}")
         if bands != 1 and not self.normalize_detail:
             raise ValueError("detail_bands only applies with normalize_detail")
+
+    def as_settings(self) -> dict:
+        """The options under SETTING_NAMES, which follow the fields' order."""
+        values = (
+            self.size,
+            self.normalization,
+            self.crop_to_body,
+            self.normalize_detail,
+            self.detail_bands,
+        )
+        return dict(zip(self.SETTING_NAMES, values, strict=True))
+
+    @classmethod
+    def from_settings(cls, settings: Mapping) -> Preprocessing:
+        """The inverse of `as_settings`. Only image_size is required: files and rows made
+        before an option existed lack it and get its default."""
+        defaults = cls().as_settings()
+        values = {name: settings.get(name, default) for name, default in defaults.items()}
+        values["image_size"] = settings["image_size"]
+        return cls(*values.values())
 
     def __call__(
         self, image: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS

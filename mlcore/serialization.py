@@ -24,25 +24,14 @@ class ModelMetadata:
         return cls(
             version=str(raw["version"]),
             threshold=float(raw["threshold"]),
-            # Models saved before these options existed have no such keys.
-            preprocessing=Preprocessing(
-                size=raw["image_size"],
-                normalization=raw.get("normalization", "equalize"),
-                crop_to_body=raw.get("crop_to_body", False),
-                normalize_detail=raw.get("normalize_detail", False),
-                detail_bands=raw.get("detail_bands", 1),
-            ),
+            preprocessing=Preprocessing.from_settings(raw),
         )
 
     def as_dict(self) -> dict:
         return {
             "version": self.version,
             "threshold": self.threshold,
-            "image_size": self.preprocessing.size,
-            "normalization": self.preprocessing.normalization,
-            "crop_to_body": self.preprocessing.crop_to_body,
-            "normalize_detail": self.preprocessing.normalize_detail,
-            "detail_bands": self.preprocessing.detail_bands,
+            **self.preprocessing.as_settings(),
         }
 
     @classmethod

@@ -75,12 +75,8 @@ class TrainConfig:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(
-            self.image_size,
-            self.normalization,
-            self.crop_to_body,
-            self.normalize_detail,
-            self.detail_bands,
+        return Preprocessing.from_settings(
+            {name: getattr(self, name) for name in Preprocessing.SETTING_NAMES}
         )
 
 

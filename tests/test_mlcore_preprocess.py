@@ -1,5 +1,6 @@
 """Preprocessing options: CLAHE, cropping to the body, and their record in model.json."""
 
+import dataclasses
 import io
 
 import keras
@@ -152,6 +153,16 @@ def test_model_json_records_the_preprocessing_and_old_files_read_as_defaults(tmp
     assert ModelMetadata.read(tmp_path).preprocessing == preprocessing
     (tmp_path / "model.json").write_text('{"version": "v0", "threshold": 0.5, "image_size": 224}')
     assert ModelMetadata.read(tmp_path).preprocessing == Preprocessing()
+
+
+def test_preprocessing_settings_name_every_field_and_round_trip():
+    names = [field.name for field in dataclasses.fields(Preprocessing)]
+    assert names == ["size", *Preprocessing.SETTING_NAMES[1:]]
+    preprocessing = Preprocessing(96, "clahe", True, True, 2)
+    assert Preprocessing.from_settings(preprocessing.as_settings()) == preprocessing
+    assert Preprocessing.from_settings({"image_size": 128}) == Preprocessing(128)
+    with pytest.raises(KeyError):
+        Preprocessing.from_settings({"normalization": "clahe"})
 
 
 def test_predictor_serves_with_the_preprocessing_the_model_was_trained_with(tmp_path):
