@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -71,14 +72,7 @@ class Preprocessing:
 
     def as_settings(self) -> dict:
         """The options under SETTING_NAMES, which follow the fields' order."""
-        values = (
-            self.size,
-            self.normalization,
-            self.crop_to_body,
-            self.normalize_detail,
-            self.detail_bands,
-        )
-        return dict(zip(self.SETTING_NAMES, values, strict=True))
+        return dict(zip(self.SETTING_NAMES, dataclasses.astuple(self), strict=True))
 
     @classmethod
     def from_settings(cls, settings: Mapping) -> Preprocessing:
