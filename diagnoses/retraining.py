@@ -395,6 +395,7 @@ def _train_evaluate_register(
             raise RuntimeError("The model version to fine-tune no longer exists.")
         config_kwargs.update(
             init_model=ensure_local_model_dir(base),
+            max_seconds=settings.PNEUMOSITE_FINE_TUNE_TIME_BUDGET or None,
             **base.metadata().preprocessing.as_settings(),
         )
         reporter.log(f"fine-tuning {base.name}")
@@ -418,6 +419,13 @@ def _train_evaluate_register(
         config, on_epoch=reporter.on_epoch, should_stop=reporter.should_stop, log=reporter.log
     )
     reporter.raise_if_cancelled()
+    epochs_run = train_report.get("training", {}).get("epochs_run", config.epochs)
+    if epochs_run < config.epochs:
+        reporter.log(
+            f"stopped after {epochs_run} of {config.epochs} epochs: another would not have "
+            f"ended within the time budget of {config.max_seconds:.0f} s "
+            "(PNEUMOSITE_FINE_TUNE_TIME_BUDGET); the best epoch is kept"
+        )
     reporter.phase("evaluating on the test split")
     test_report = evaluate(config.out, data_root, "test", out=config.out, cache_dir=cache_dir)
     reporter.log(f"test: {summary_line(test_report['metrics'])}")

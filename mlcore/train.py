@@ -124,8 +124,12 @@ class _ProgressCallback(keras.callbacks.Callback):
         if self.on_epoch:
             self.on_epoch(epoch + 1, self.total, {k: float(v) for k, v in (logs or {}).items()})
         self._check_cancel()
-        if self.deadline is not None and time.perf_counter() > self.deadline:
+        if self.deadline is not None and self._next_epoch_would_overrun():
             self.model.stop_training = True  # out of time: keep the best epoch so far
+
+    def _next_epoch_would_overrun(self) -> bool:
+        """Whether another epoch as long as the longest so far would end past the deadline."""
+        return time.perf_counter() + max(self.epoch_seconds) > self.deadline
 
     def on_train_batch_end(self, batch, logs=None):
         if batch % 10 == 0:
@@ -455,7 +459,10 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
         "--limit-per-class", type=int, help="use at most N images per class (smoke runs)"
     )
     parser.add_argument(
-        "--max-seconds", type=float, help="stop after the epoch that passes this time"
+        "--max-seconds",
+        type=float,
+        help="time budget from the start (data loading included): no epoch is begun that would "
+        "end past it, judged by the longest epoch so far; the first always runs",
     )
     return TrainConfig(**vars(parser.parse_args(argv)))
 

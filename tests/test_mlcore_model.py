@@ -148,6 +148,42 @@ def test_cancelled_training_writes_no_model(dataset_root, tmp_path):
     assert not (config.out / "model.keras").exists()
 
 
+def test_a_time_budget_begins_no_epoch_that_would_overrun_it(dataset_root, tmp_path):
+    keras.backend.clear_session()
+    epochs_seen = []
+    config = TrainConfig(
+        data=dataset_root,
+        out=tmp_path / "m",
+        epochs=3,
+        batch_size=16,
+        limit_per_class=16,
+        width=16,
+        max_seconds=0.001,  # spent before the first epoch ends: that one still runs
+    )
+    report = train(config, on_epoch=lambda i, n, logs: epochs_seen.append(i), log=lambda _: None)
+    assert epochs_seen == [1]
+    assert report["training"]["epochs_run"] == 1
+    assert (config.out / "model.keras").is_file()
+
+
+def test_the_budget_stops_before_an_epoch_as_long_as_the_longest_would_overrun(monkeypatch):
+    from types import SimpleNamespace
+
+    from mlcore import train as training
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock.now)
+    callback = training._ProgressCallback(5, None, None, deadline=100.0)
+    callback.set_model(SimpleNamespace(stop_training=False))
+    for epoch, (begin, end) in enumerate([(0.0, 40.0), (40.0, 70.0)]):
+        clock.now = begin
+        callback.on_epoch_begin(epoch)
+        clock.now = end
+        callback.on_epoch_end(epoch)
+        # after epoch 1: 40 + 40 <= 100, go on; after epoch 2: 70 + 40 > 100, stop
+        assert callback.model.stop_training == (epoch == 1)
+
+
 def test_fast_path_is_dropped_when_it_disagrees_with_keras(predictor, monkeypatch):
     from mlcore import fastpath
 

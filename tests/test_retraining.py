@@ -178,10 +178,13 @@ TEST_METRICS = {
 class FakeMlcore:
     """Stands in for mlcore.train.train / mlcore.evaluate.evaluate."""
 
-    def __init__(self, *, after_train=None, after_evaluate=None, version_name=None):
+    def __init__(
+        self, *, after_train=None, after_evaluate=None, version_name=None, epochs_run=None
+    ):
         self.configs = []
         self.version_name = version_name
         self.after_train, self.after_evaluate = after_train, after_evaluate
+        self.epochs_run = epochs_run  # fewer than asked: stopped by the time budget
 
     def train(self, config, on_epoch=None, should_stop=None, log=print):
         self.configs.append(config)
@@ -200,12 +203,17 @@ class FakeMlcore:
         )
         for name in ("training.png", "validation_roc.png", "validation_confusion.png"):
             (config.out / name).write_bytes(b"png " + name.encode())
-        for epoch in range(1, config.epochs + 1):
+        epochs_run = self.epochs_run or config.epochs
+        for epoch in range(1, epochs_run + 1):
             on_epoch(epoch, config.epochs, {"loss": 0.5 / epoch, "val_auc": 0.9})
         log("fake training done")
         if self.after_train:
             self.after_train()
-        return {"metrics": VAL_METRICS, "data": {"extra_reviewed": len(config.extra_samples)}}
+        return {
+            "metrics": VAL_METRICS,
+            "data": {"extra_reviewed": len(config.extra_samples)},
+            "training": {"epochs_run": epochs_run},
+        }
 
     def evaluate(self, model_dir, data_root, split="test", out=None, cache_dir=None):
         for name in ("test_roc.png", "test_confusion.png"):
@@ -278,6 +286,34 @@ def test_a_job_registers_an_inactive_version_with_metrics_plots_and_cases(
     assert [h["epoch"] for h in job.progress["history"]] == [1, 2]
     assert "fake training done" in job.log_tail and "epoch 2/2" in job.log_tail
     assert not list((staff_var / "retraining").iterdir())
+
+
+def test_a_fine_tune_job_trains_within_the_time_budget_and_says_when_it_stopped_early(
+    reviewer, fake_version, staff_var, settings
+):
+    settings.PNEUMOSITE_FINE_TUNE_TIME_BUDGET = 123
+    job = retraining.request_retraining(user=reviewer, epochs=3, enqueue=False)
+    fake = FakeMlcore(epochs_run=1)
+
+    assert run_with(fake, job) == "succeeded"
+
+    job.refresh_from_db()
+    assert fake.configs[0].max_seconds == 123
+    assert "stopped after 1 of 3 epochs" in job.log_tail
+    assert "time budget of 123 s" in job.log_tail
+    assert job.result is not None
+
+
+def test_a_scratch_job_has_no_time_budget(reviewer, fake_version, staff_var, settings):
+    settings.PNEUMOSITE_FINE_TUNE_TIME_BUDGET = 123
+    job = retraining.request_retraining(user=reviewer, mode="scratch", epochs=2, enqueue=False)
+    fake = FakeMlcore()
+
+    assert run_with(fake, job) == "succeeded"
+
+    job.refresh_from_db()
+    assert fake.configs[0].max_seconds is None
+    assert "stopped after" not in job.log_tail
 
 
 def test_a_failing_job_registers_nothing_and_cleans_up(reviewer, fake_version, staff_var):
