@@ -148,20 +148,12 @@ def test_cancelled_training_writes_no_model(dataset_root, tmp_path):
     assert not (config.out / "model.keras").exists()
 
 
-def test_a_time_budget_begins_no_epoch_that_would_overrun_it(dataset_root, tmp_path):
+def test_a_run_out_of_time_keeps_its_first_epoch(dataset_root, tmp_path):
     keras.backend.clear_session()
-    epochs_seen = []
-    config = TrainConfig(
-        data=dataset_root,
-        out=tmp_path / "m",
-        epochs=3,
-        batch_size=16,
-        limit_per_class=16,
-        width=16,
-        max_seconds=0.001,  # spent before the first epoch ends: that one still runs
+    config = TrainConfig(  # the budget is spent before the first epoch ends
+        data=dataset_root, out=tmp_path / "m", epochs=3, limit_per_class=16, max_seconds=0.001
     )
-    report = train(config, on_epoch=lambda i, n, logs: epochs_seen.append(i), log=lambda _: None)
-    assert epochs_seen == [1]
+    report = train(config, log=lambda _: None)
     assert report["training"]["epochs_run"] == 1
     assert (config.out / "model.keras").is_file()
 
