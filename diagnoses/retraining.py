@@ -420,7 +420,7 @@ def _train_evaluate_register(
     )
     reporter.raise_if_cancelled()
     epochs_run = train_report.get("training", {}).get("epochs_run", config.epochs)
-    if epochs_run < config.epochs:
+    if config.max_seconds and epochs_run < config.epochs:
         reporter.log(
             f"stopped after {epochs_run} of {config.epochs} epochs: another would not have "
             f"ended within the time budget of {config.max_seconds:.0f} s "

@@ -288,9 +288,10 @@ CELERY_TASK_SOFT_TIME_LIMIT = env_int("PNEUMOSITE_TASK_SOFT_TIME_LIMIT", 300)
 CELERY_TASK_TIME_LIMIT = env_int("PNEUMOSITE_TASK_TIME_LIMIT", 360)
 PNEUMOSITE_TRAINING_SOFT_TIME_LIMIT = env_int("PNEUMOSITE_TRAINING_SOFT_TIME_LIMIT", 3 * 3600)
 PNEUMOSITE_TRAINING_TIME_LIMIT = env_int("PNEUMOSITE_TRAINING_TIME_LIMIT", 3 * 3600 + 600)
-# A fine-tune job trains for at most this long (data loading included): it begins no epoch
-# that would end later, so a job with the defaults ends within 10 minutes on 2 CPU cores
-# whatever the base model costs per epoch (BENCHMARKS.md). 0: no budget.
+# A fine-tune job trains for about this long at most (data loading included): it begins no
+# epoch that would end later, though the first always runs, and evaluation and registration
+# come after. With the defaults a job from the shipped model ends within 10 minutes on 2
+# CPU cores (BENCHMARKS.md). 0: no budget.
 PNEUMOSITE_FINE_TUNE_TIME_BUDGET = env_int("PNEUMOSITE_FINE_TUNE_TIME_BUDGET", 480)
 # A running retraining job whose worker has not written a heartbeat for this long is
 # marked failed by the "fail-stale-retraining-jobs" periodic task (its worker died).

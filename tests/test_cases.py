@@ -469,7 +469,7 @@ def test_shipped_model_registers_with_its_metrics_and_plots(tmp_path, settings):
     assert version.validation_metrics["threshold"] == pytest.approx(version.threshold)
     # An averaged model has no training curves of its own; every plot it ships is stored.
     shipped_plots = {key for key, name in MODEL_PLOT_FILES.items() if (shipped / name).is_file()}
-    assert {"validation_roc", "test_roc", "test_confusion"} <= shipped_plots
+    assert {"validation_roc", "validation_confusion", "test_roc", "test_confusion"} <= shipped_plots
     assert set(version.plots) == shipped_plots
     storage = version.model_file.storage
     assert all(storage.exists(name) for name in version.plots.values())

@@ -165,15 +165,16 @@ def test_the_budget_stops_before_an_epoch_as_long_as_the_longest_would_overrun(m
 
     clock = SimpleNamespace(now=0.0)
     monkeypatch.setattr(training.time, "perf_counter", lambda: clock.now)
-    callback = training._ProgressCallback(5, None, None, deadline=100.0)
+    callback = training._ProgressCallback(5, None, None, deadline=95.0)
     callback.set_model(SimpleNamespace(stop_training=False))
-    for epoch, (begin, end) in enumerate([(0.0, 40.0), (40.0, 70.0)]):
+    # epochs of 10, 40 and 10 s: after the third, 60 + 40 > 95 stops it; judged by the
+    # last, the first or the mean epoch it would go on
+    for epoch, (begin, end) in enumerate([(0.0, 10.0), (10.0, 50.0), (50.0, 60.0)]):
         clock.now = begin
         callback.on_epoch_begin(epoch)
         clock.now = end
         callback.on_epoch_end(epoch)
-        # after epoch 1: 40 + 40 <= 100, go on; after epoch 2: 70 + 40 > 100, stop
-        assert callback.model.stop_training == (epoch == 1)
+        assert callback.model.stop_training == (epoch == 2)
 
 
 def test_fast_path_is_dropped_when_it_disagrees_with_keras(predictor, monkeypatch):
