@@ -304,18 +304,12 @@ def test_a_fine_tune_job_trains_within_the_time_budget_and_says_when_it_stopped_
     assert job.result is not None
 
 
-def test_a_budget_of_zero_means_none(reviewer, fake_version, staff_var, settings):
-    settings.PNEUMOSITE_FINE_TUNE_TIME_BUDGET = 0
-    job = retraining.request_retraining(user=reviewer, epochs=2, enqueue=False)
-    fake = FakeMlcore()
-
-    assert run_with(fake, job) == "succeeded"
-    assert fake.configs[0].max_seconds is None
-
-
-def test_a_scratch_job_has_no_time_budget(reviewer, fake_version, staff_var, settings):
-    settings.PNEUMOSITE_FINE_TUNE_TIME_BUDGET = 123
-    job = retraining.request_retraining(user=reviewer, mode="scratch", epochs=2, enqueue=False)
+@pytest.mark.parametrize(("mode", "budget"), [("scratch", 123), ("fine_tune", 0)])
+def test_scratch_jobs_and_a_budget_of_zero_have_no_time_budget(
+    reviewer, fake_version, staff_var, settings, mode, budget
+):
+    settings.PNEUMOSITE_FINE_TUNE_TIME_BUDGET = budget
+    job = retraining.request_retraining(user=reviewer, mode=mode, epochs=2, enqueue=False)
     fake = FakeMlcore()
 
     assert run_with(fake, job) == "succeeded"
