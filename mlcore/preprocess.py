@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -217,16 +218,33 @@ def gaussian_taps(sigma: float) -> np.ndarray:
 
 
 def gaussian_blur(film: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of a 2-D float array, edges mirrored."""
+    """Separable Gaussian blur of a 2-D float array, edges mirrored.
+
+    Each pass is one product with a banded matrix (`blur_matrix`). That does more
+    arithmetic than sliding the taps along the film, but BLAS does it several times faster
+    (0.23 against 0.9 ms at 224x224), and `normalize_detail` blurs each film nine times.
+    """
+    return blur_matrix(film.shape[0], sigma) @ film @ blur_matrix(film.shape[1], sigma).T
+
+
+@functools.lru_cache(maxsize=32)
+def blur_matrix(length: int, sigma: float) -> np.ndarray:
+    """The (length, length) float32 matrix that blurs a column of `length` values.
+
+    Row i holds the taps centred on i; a tap that falls outside the column lands on its
+    mirror image (numpy's "reflect": the edge value is not repeated), folded as often as
+    needed when the taps are longer than the column.
+    """
     taps = gaussian_taps(sigma)
     radius = taps.size // 2
-    for axis in (0, 1):
-        padded = np.pad(
-            film, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)], "reflect"
-        )
-        windows = np.lib.stride_tricks.sliding_window_view(padded, taps.size, axis=axis)
-        film = windows @ taps
-    return film
+    period = max(2 * (length - 1), 1)
+    source = np.abs(np.arange(length)[:, np.newaxis] + np.arange(-radius, radius + 1)) % period
+    source = np.where(source >= length, period - source, source)
+    matrix = np.zeros((length, length), np.float32)
+    rows = np.repeat(np.arange(length), taps.size)
+    np.add.at(matrix, (rows, source.ravel()), np.tile(taps, length))
+    matrix.flags.writeable = False  # shared by every caller through the cache
+    return matrix
 
 
 def clahe(

@@ -22,6 +22,7 @@ from mlcore.preprocess import (
     clahe,
     detail_amount,
     gaussian_blur,
+    gaussian_taps,
     normalize_detail,
     preprocess_image,
 )
@@ -85,6 +86,22 @@ def test_gaussian_blur_keeps_flat_films_and_the_mean_and_smooths_noise():
     assert blurred.shape == noise.shape
     assert abs(blurred.mean() - noise.mean()) < 0.5
     assert blurred.std() < noise.std() / 3
+
+
+@pytest.mark.parametrize("shape, sigma", [((224, 224), 6.0), ((40, 50), 1.5), ((9, 5), 3.0)])
+def test_gaussian_blur_is_a_mirrored_convolution_with_the_taps(shape, sigma):
+    """The matrix form against the plain definition, taps longer than the film included."""
+    film = np.random.default_rng(1).uniform(0, 255, shape).astype(np.float32)
+    taps = gaussian_taps(sigma).astype(np.float64)
+    radius = taps.size // 2
+    expected = film.astype(np.float64)
+    for axis in (0, 1):
+        expected = np.apply_along_axis(
+            lambda line: np.convolve(np.pad(line, radius, "reflect"), taps, "valid"),
+            axis,
+            expected,
+        )
+    assert np.abs(gaussian_blur(film, sigma) - expected).max() < 1e-3
 
 
 def test_normalize_detail_gives_a_soft_and_a_sharp_copy_of_a_film_the_same_detail():
