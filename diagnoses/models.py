@@ -31,7 +31,7 @@ def thumbnail_upload_to(instance: Case, filename: str) -> str:
 
 
 def heatmap_upload_to(instance: Prediction, filename: str) -> str:
-    return _random_path("predictions/heatmap", ".png")
+    return _random_path("predictions/heatmap", ".jpg")  # older heatmaps are .png
 
 
 def model_file_upload_to(instance: ModelVersion, filename: str) -> str:

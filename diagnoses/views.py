@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import Http404, JsonResponse
@@ -117,7 +119,7 @@ def case_image(request, case_id: int, kind: str):
     return stored_file_response(
         stored.storage,
         stored.name,
-        download_name=_download_name(case, kind),
+        download_name=_download_name(case, kind, stored.name),
         cache_control=REVALIDATE if kind == "heatmap" else CACHE_FOR_AN_HOUR,
     )
 
@@ -129,8 +131,9 @@ def _get_case_or_404(case_id: int) -> Case:
         raise Http404("No such case.") from None
 
 
-def _download_name(case: Case, kind: str) -> str:
-    if kind == "original":
-        extension = {"JPEG": "jpg", "PNG": "png", "DICOM": "dcm"}[case.image_format]
-        return f"case-{case.pk}.{extension}"
-    return f"case-{case.pk}-{kind}.{'jpg' if kind == 'thumbnail' else 'png'}"
+def _download_name(case: Case, kind: str, stored_name: str) -> str:
+    if kind == "original":  # stored without an extension
+        extension = {"JPEG": ".jpg", "PNG": ".png", "DICOM": ".dcm"}[case.image_format]
+        return f"case-{case.pk}{extension}"
+    # Display images are PNG and thumbnails JPEG; heatmaps were PNG before they were JPEG.
+    return f"case-{case.pk}-{kind}{PurePosixPath(stored_name).suffix}"

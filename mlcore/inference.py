@@ -116,22 +116,23 @@ class Predictor:
         return self.predict_with_heatmap(image, max_side)[1]
 
     def predict_with_heatmap(
-        self, image: bytes | Image.Image, max_side: int | None = None
+        self, image: bytes | Image.Image, max_side: int | None = None, image_format: str = "PNG"
     ) -> tuple[Reading, bytes]:
-        """The reading and its Grad-CAM overlay PNG from one decode and one preprocessing.
+        """The reading and its Grad-CAM overlay (PNG or JPEG) from one decode, one
+        preprocessing and one forward pass: the reading is the score Grad-CAM computes.
 
         The overlay is drawn at the image's size, or shrunk to fit `max_side` pixels,
         which is much cheaper to encode for a full-size film.
         """
-        from mlcore.explain import GradCam, overlay_png
+        from mlcore.explain import GradCam, encode_overlay
 
         started = time.perf_counter()
         image = self._as_image(image)
         pixels, box = self.preprocessing.with_box(image, self.max_pixels)
-        probability = float(self.probabilities(pixels[np.newaxis])[0])
-        reading = self._reading(probability, (time.perf_counter() - started) * 1000)
         if self._gradcam is None:
             self._gradcam = GradCam(self.model)
+        probability, cam = self._gradcam.score_and_map(pixels)
+        reading = self._reading(probability, (time.perf_counter() - started) * 1000)
         base = image
         if max_side is not None and max(image.size) > max_side:
             base = image.copy()
@@ -145,4 +146,4 @@ class Predictor:
                 max(round(box[2] * scale_x), left + 1),
                 max(round(box[3] * scale_y), top + 1),
             )
-        return reading, overlay_png(base, self._gradcam(pixels), box)
+        return reading, encode_overlay(base, cam, box, image_format)

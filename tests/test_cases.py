@@ -9,6 +9,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
@@ -58,7 +59,7 @@ def test_run_prediction_matches_the_model_and_stores_a_heatmap(
     assert prediction.inference_ms > 0
     assert prediction.started_at <= prediction.finished_at
     heatmap = Image.open(prediction.heatmap)
-    assert heatmap.format == "PNG" and heatmap.size == (case.width, case.height)
+    assert heatmap.format == "JPEG" and heatmap.size == (case.width, case.height)
 
 
 def test_run_prediction_twice_writes_one_result(active_model, staff_user, media_dir):
@@ -66,7 +67,7 @@ def test_run_prediction_twice_writes_one_result(active_model, staff_user, media_
 
     assert run_prediction(prediction.pk) == "done"
     first = Prediction.objects.get(pk=prediction.pk)
-    heatmaps = list((media_dir / "predictions").rglob("*.png"))
+    heatmaps = list((media_dir / "predictions").rglob("*.jpg"))
 
     assert run_prediction(prediction.pk) == "skipped"
     assert run_prediction.apply(args=[prediction.pk]).get() == "skipped"
@@ -77,7 +78,7 @@ def test_run_prediction_twice_writes_one_result(active_model, staff_user, media_
         first.task_id,
     )
     assert (
-        list((media_dir / "predictions").rglob("*.png"))
+        list((media_dir / "predictions").rglob("*.jpg"))
         == heatmaps
         == [media_dir / first.heatmap.name]
     )
@@ -93,7 +94,7 @@ def test_a_delivery_that_lost_its_claim_does_not_write(active_model, staff_user,
     assert services.save_reading(prediction=claimed, task_id="first", computed=computed) is False
     assert Prediction.objects.get(pk=prediction.pk).status == Prediction.Status.RUNNING
     assert not (media_dir / "predictions").exists() or not any(
-        (media_dir / "predictions").rglob("*.png")
+        (media_dir / "predictions").rglob("*.jpg")
     )
     assert services.save_reading(prediction=claimed, task_id="second", computed=computed)
     assert Prediction.objects.get(pk=prediction.pk).status == Prediction.Status.DONE
@@ -325,6 +326,8 @@ def test_case_page_shows_the_reading_and_heatmap_when_done(
     response = staff_client.get(f"/cases/{case.pk}/image/heatmap/")
     assert response.status_code == 200
     assert b"".join(response.streaming_content) == prediction.heatmap.open("rb").read()
+    assert response["Content-Type"] == "image/jpeg"
+    assert f'filename="case-{case.pk}-heatmap.jpg"' in response["Content-Disposition"]
     # A re-run replaces the overlay behind the same URL: the browser must revalidate.
     assert response["Cache-Control"] == "private, no-cache"
     assert "max-age" in staff_client.get(f"/cases/{case.pk}/image/display/")["Cache-Control"]
@@ -351,6 +354,23 @@ def test_images_are_served_through_the_view(staff_client, staff_user, active_mod
         assert staff_client.get(f"/cases/{case.pk}/image/{kind}/").status_code == 200
     assert staff_client.get(f"/cases/{case.pk}/image/heatmap/").status_code == 404
     assert staff_client.get(f"/cases/{case.pk}/image/secrets/").status_code == 404
+
+
+def test_a_heatmap_stored_as_png_before_jpeg_is_still_served_as_png(
+    staff_client, staff_user, active_model
+):
+    case = make_case(staff_user)
+    prediction = case.predictions.get()
+    run_prediction(prediction.pk)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buffer, format="PNG")
+    storage = Prediction._meta.get_field("heatmap").storage
+    old_name = storage.save("predictions/heatmap/old.png", ContentFile(buffer.getvalue()))
+    Prediction.objects.filter(pk=prediction.pk).update(heatmap=old_name)
+
+    response = staff_client.get(f"/cases/{case.pk}/image/heatmap/")
+    assert response.status_code == 200 and response["Content-Type"] == "image/png"
+    assert f'filename="case-{case.pk}-heatmap.png"' in response["Content-Disposition"]
 
 
 def test_remote_storage_redirects_to_a_signed_url(staff_client, staff_user, active_model):

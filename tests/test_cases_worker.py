@@ -44,7 +44,7 @@ def assert_reading_matches_the_model(case: Case, path, reference_predictor):
     assert 0.0 <= prediction.probability <= 1.0
     assert abs(prediction.probability - expected.probability) < 1e-4
     assert prediction.label == expected.label
-    assert prediction.heatmap and Image.open(prediction.heatmap).format == "PNG"
+    assert prediction.heatmap and Image.open(prediction.heatmap).format == "JPEG"
     assert prediction.inference_ms > 0 and prediction.finished_at >= prediction.started_at
 
 

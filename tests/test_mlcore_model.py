@@ -185,3 +185,14 @@ def test_fast_path_is_dropped_when_it_disagrees_with_keras(predictor, monkeypatc
         fastpath.LiteForward, "__call__", lambda self, batch: batch[:, :1, 0, 0] * 0 + np.nan
     )
     assert fastpath.lite_forward_or_none(predictor.model) is None
+
+
+def test_the_heatmap_path_reads_like_predict_and_can_encode_jpeg(predictor):
+    data = next(p for p in sample_files() if p.parent.name == "NORMAL").read_bytes()
+    reading, jpeg = predictor.predict_with_heatmap(data, max_side=512, image_format="JPEG")
+    plain = predictor.predict(data)
+    assert abs(reading.probability - plain.probability) < 1e-4 and reading.label == plain.label
+    overlay = Image.open(io.BytesIO(jpeg))
+    assert overlay.format == "JPEG" and max(overlay.size) == 512
+    with pytest.raises(ValueError, match="overlay format"):
+        predictor.predict_with_heatmap(data, image_format="GIF")
