@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 from PIL import Image, ImageOps
+from threadpoolctl import ThreadpoolController
 
 from mlcore.imageio import DEFAULT_MAX_PIXELS, decode_image, to_grayscale_8bit
 
@@ -27,6 +28,7 @@ DETAIL_SIGMA = 1.5
 DETAIL_BANDS = ((DETAIL_SIGMA, DETAIL_LEVEL), (3.0, 4.5), (6.0, 6.5))
 DETAIL_GAIN_RANGE = (0.5, 3.0)
 DETAIL_REFINEMENTS = 3
+_BLAS = ThreadpoolController()  # numpy's BLAS, found once (gaussian_blur)
 
 
 @dataclass(frozen=True)
@@ -223,8 +225,12 @@ def gaussian_blur(film: np.ndarray, sigma: float) -> np.ndarray:
     Each pass is one product with a banded matrix (`blur_matrix`). That does more
     arithmetic than sliding the taps along the film, but BLAS does it several times faster
     (0.23 against 0.9 ms at 224x224), and `normalize_detail` blurs each film nine times.
+    On one BLAS thread: a second gains nothing at this size, and once woken it spins for
+    a while after the product, taking a core from the TensorFlow Lite forward pass that
+    follows in `Predictor.predict` (p50 41 ms with it, 28 ms without; BENCHMARKS.md).
     """
-    return blur_matrix(film.shape[0], sigma) @ film @ blur_matrix(film.shape[1], sigma).T
+    with _BLAS.limit(limits=1, user_api="blas"):
+        return blur_matrix(film.shape[0], sigma) @ film @ blur_matrix(film.shape[1], sigma).T
 
 
 @functools.lru_cache(maxsize=32)
