@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import PurePosixPath
 
 from django.conf import settings
 from django.db import models
@@ -23,7 +24,8 @@ def original_upload_to(instance: Case, filename: str) -> str:
 
 
 def display_upload_to(instance: Case, filename: str) -> str:
-    return _random_path("cases/display", ".png")
+    # The extension (".jpg" or ".png") comes from services, never from the user.
+    return _random_path("cases/display", PurePosixPath(filename).suffix)
 
 
 def thumbnail_upload_to(instance: Case, filename: str) -> str:

@@ -18,7 +18,7 @@ from django.utils import timezone
 from diagnoses.imaging import (
     UploadRejected,
     ValidatedImage,
-    display_png,
+    display_file,
     thumbnail_jpeg,
     validate_upload,
 )
@@ -93,8 +93,9 @@ def create_case(
     )
     try:
         case.original.save("original", ContentFile(validated.stored_bytes), save=False)
-        display, thumbnail = display_png(validated.image), thumbnail_jpeg(validated.image)
-        case.display_image.save("display.png", ContentFile(display), save=False)
+        display, extension = display_file(validated.image, validated.image_format)
+        case.display_image.save(f"display{extension}", ContentFile(display), save=False)
+        thumbnail = thumbnail_jpeg(validated.image)
         case.thumbnail.save("thumbnail.jpg", ContentFile(thumbnail), save=False)
         with transaction.atomic():
             case.save()

@@ -135,5 +135,5 @@ def _download_name(case: Case, kind: str, stored_name: str) -> str:
     if kind == "original":  # stored without an extension
         extension = {"JPEG": ".jpg", "PNG": ".png", "DICOM": ".dcm"}[case.image_format]
         return f"case-{case.pk}{extension}"
-    # Display images are PNG and thumbnails JPEG; heatmaps were PNG before they were JPEG.
+    # Thumbnails are JPEG; display images and heatmaps JPEG or PNG (older ones all PNG).
     return f"case-{case.pk}-{kind}{PurePosixPath(stored_name).suffix}"

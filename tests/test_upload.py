@@ -92,9 +92,13 @@ def test_single_upload_stores_original_bytes_and_queues_a_prediction(
     assert case.original.read() == data
     assert case.sha256 == hashlib.sha256(data).hexdigest()
 
+    # A JPEG original is shown as JPEG (it was lossy already), close to the original.
     display = Image.open(case.display_image)
-    assert display.format == "PNG" and display.size == (1260, 767)
+    assert display.format == "JPEG" and display.size == (1260, 767)
+    assert case.display_image.name.endswith(".jpg")
     assert not display.info.get("exif")
+    source = np.asarray(Image.open(NORMAL_SAMPLE).convert("L"), dtype=float)
+    assert np.abs(np.asarray(display.convert("L"), dtype=float) - source).mean() < 1.5
     thumbnail = Image.open(case.thumbnail)
     assert max(thumbnail.size) == 160
 
@@ -108,7 +112,9 @@ def test_display_image_is_limited_to_1600_pixels(staff_client, model_version):
     upload(staff_client, big)
     case = Case.objects.get()
     assert (case.width, case.height) == (3200, 2000)
-    assert Image.open(case.display_image).size == (1600, 1000)
+    display = Image.open(case.display_image)
+    assert display.size == (1600, 1000)
+    assert display.format == "PNG" and case.display_image.name.endswith(".png")  # lossless
 
 
 def test_upload_sends_the_task_after_commit(
