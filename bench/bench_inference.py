@@ -100,14 +100,19 @@ def main() -> None:
         )
     )
     explain_repeats = max(20, args.repeats // 5)
-    for name, max_side in (("full size", None), ("at most 1024 px, as the worker", 1024)):
+    overlays = (
+        ("PNG at full size", None, "PNG"),
+        ("PNG at most 1024 px", 1024, "PNG"),
+        ("JPEG at most 1024 px, as the worker", 1024, "JPEG"),
+    )
+    for name, max_side, image_format in overlays:
         values = timings_ms(
-            lambda m=max_side: predictor.predict_with_heatmap(
-                blobs[next(cycle) % len(blobs)], max_side=m
+            lambda m=max_side, f=image_format: predictor.predict_with_heatmap(
+                blobs[next(cycle) % len(blobs)], max_side=m, image_format=f
             ),
             explain_repeats,
         )
-        print(row(f"Predictor.predict_with_heatmap, overlay PNG {name}", values))
+        print(row(f"Predictor.predict_with_heatmap, overlay {name}", values))
 
     batch = np.repeat(single, args.batch, axis=0).astype(np.uint8)
     predictor.probabilities(batch)

@@ -14,6 +14,7 @@ from mlcore.imageio import ImageDecodeError, decode_image, sniff_format
 
 DISPLAY_MAX_SIDE = 1600
 DISPLAY_JPEG_QUALITY = 92
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png"}  # of the images derived from uploads
 THUMBNAIL_MAX_SIDE = 160
 
 # DICOM attributes that identify a patient, a person or an institution (a practical
@@ -166,6 +167,7 @@ def deidentify_dicom(data: bytes) -> bytes:
 
 def _fit(image: Image.Image, max_side: int) -> Image.Image:
     image = image.copy()
+    image.info = {}  # Pillow would write a JPEG comment (which may name the patient) again
     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return image
 
@@ -176,21 +178,21 @@ def display_file(image: Image.Image, source_format: str) -> tuple[bytes, str]:
     A JPEG original is shown as JPEG at quality DISPLAY_JPEG_QUALITY: it was lossy already,
     and as PNG it came out four times the size of the original and took 32 ms to encode,
     most of an upload's CPU time. PNG and DICOM originals are shown losslessly, as PNG.
-    A fresh image carries no metadata.
+    Neither carries the original's metadata.
     """
     fitted = _fit(image, DISPLAY_MAX_SIDE)
     if source_format != "JPEG":
-        return encode_png(fitted), ".png"
-    if fitted.mode not in ("L", "RGB"):
-        fitted = fitted.convert("L")
-    out = io.BytesIO()
-    fitted.save(out, format="JPEG", quality=DISPLAY_JPEG_QUALITY)
-    return out.getvalue(), ".jpg"
+        return encode_png(fitted), EXTENSIONS["PNG"]
+    return encode_jpeg(fitted, DISPLAY_JPEG_QUALITY), EXTENSIONS["JPEG"]
 
 
 def thumbnail_jpeg(image: Image.Image) -> bytes:
+    return encode_jpeg(_fit(image, THUMBNAIL_MAX_SIDE).convert("L"), quality=85)
+
+
+def encode_jpeg(image: Image.Image, quality: int) -> bytes:
     out = io.BytesIO()
-    _fit(image, THUMBNAIL_MAX_SIDE).convert("L").save(out, format="JPEG", quality=85)
+    image.save(out, format="JPEG", quality=quality)
     return out.getvalue()
 
 

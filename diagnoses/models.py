@@ -23,9 +23,17 @@ def original_upload_to(instance: Case, filename: str) -> str:
     return _random_path("cases/original", "")
 
 
+def _random_image_path(prefix: str, filename: str) -> str:
+    """A derived image's path; its extension comes from the name services give, never from
+    the user, and says how the file is served (image/jpeg or image/png)."""
+    suffix = PurePosixPath(filename).suffix
+    if suffix not in (".jpg", ".png"):
+        raise ValueError(f"a derived image is stored as .jpg or .png, not {filename!r}")
+    return _random_path(prefix, suffix)
+
+
 def display_upload_to(instance: Case, filename: str) -> str:
-    # The extension (".jpg" or ".png") comes from services, never from the user.
-    return _random_path("cases/display", PurePosixPath(filename).suffix)
+    return _random_image_path("cases/display", filename)
 
 
 def thumbnail_upload_to(instance: Case, filename: str) -> str:
@@ -33,7 +41,7 @@ def thumbnail_upload_to(instance: Case, filename: str) -> str:
 
 
 def heatmap_upload_to(instance: Prediction, filename: str) -> str:
-    return _random_path("predictions/heatmap", ".jpg")  # older heatmaps are .png
+    return _random_image_path("predictions/heatmap", filename)
 
 
 def model_file_upload_to(instance: ModelVersion, filename: str) -> str:

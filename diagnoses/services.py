@@ -16,6 +16,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from diagnoses.imaging import (
+    EXTENSIONS,
     UploadRejected,
     ValidatedImage,
     display_file,
@@ -411,7 +412,10 @@ def save_reading(*, prediction: Prediction, task_id: str, computed: ComputedRead
     from diagnoses.models import heatmap_upload_to
 
     storage = Prediction._meta.get_field("heatmap").storage
-    heatmap_name = storage.save(heatmap_upload_to(prediction, ""), ContentFile(computed.heatmap))
+    heatmap_name = storage.save(
+        heatmap_upload_to(prediction, f"heatmap{EXTENSIONS[HEATMAP_FORMAT]}"),
+        ContentFile(computed.heatmap),
+    )
     try:
         with transaction.atomic():
             saved = Prediction.objects.filter(

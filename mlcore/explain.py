@@ -11,6 +11,8 @@ from PIL import Image
 from mlcore.model import explained_layer_names
 
 OVERLAY_ALPHA = 0.45
+# JPEG at quality 90 without chroma subsampling, so the heat's colour edges stay sharp.
+OVERLAY_FORMATS = {"PNG": {"compress_level": 1}, "JPEG": {"quality": 90, "subsampling": 0}}
 
 
 class GradCam:
@@ -100,14 +102,19 @@ def encode_overlay(
     box: tuple[int, int, int, int] | None = None,
     image_format: str = "PNG",
 ) -> bytes:
-    """The overlay as PNG (lossless) or JPEG. JPEG at quality 90 without chroma subsampling,
-    so the heat's colour edges stay sharp, encodes a 1024 px overlay about 14x faster
-    than PNG at zlib level 1 (2.7 against 38 ms) into a file a sixth of the size."""
-    options = {"PNG": {"compress_level": 1}, "JPEG": {"quality": 90, "subsampling": 0}}
-    if image_format not in options:
-        raise ValueError(f"overlay format must be one of {sorted(options)}, not {image_format!r}")
+    """The overlay as PNG (lossless) or JPEG (OVERLAY_FORMATS). JPEG encodes a 1024 px
+    overlay about 14x faster than PNG at zlib level 1 (2.7 against 38 ms), into a file a
+    sixth of the size."""
+    check_overlay_format(image_format)
     buffer = io.BytesIO()
     overlay(image.convert("L"), cam, box=box).save(
-        buffer, format=image_format, **options[image_format]
+        buffer, format=image_format, **OVERLAY_FORMATS[image_format]
     )
     return buffer.getvalue()
+
+
+def check_overlay_format(image_format: str) -> None:
+    if image_format not in OVERLAY_FORMATS:
+        raise ValueError(
+            f"overlay format must be one of {sorted(OVERLAY_FORMATS)}, not {image_format!r}"
+        )

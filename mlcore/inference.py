@@ -1,11 +1,13 @@
 """Serve a trained model: one Predictor per process, loaded lazily, fast single-image path.
 
 One image goes through TensorFlow Lite (mlcore.fastpath), batches through a traced
-`tf.function`; both agree with Keras within 1e-4 (tests/test_mlcore_model.py).
+`tf.function`, a reading with its heatmap through Grad-CAM's own forward pass; all agree
+with Keras within 1e-4 (tests/test_mlcore_model.py).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ class Reading:
     label: str
     threshold: float
     model_version: str
-    inference_ms: float
+    inference_ms: float  # image to reading; with its heatmap, the heatmap's gradients too
 
 
 def _compiled_forward(model):
@@ -59,8 +61,19 @@ class Predictor:
         self.preprocessing = metadata.preprocessing
         self.max_pixels = max_pixels
         self._forward = _compiled_forward(model)
-        self._single_forward = lite_forward_or_none(model)
         self._gradcam = None
+        # Built on first use: a worker that only reads with heatmaps never needs it.
+        self._lite_lock = threading.Lock()
+        self._lite_built = False
+        self._lite = None
+
+    def _single_forward(self):
+        """The TensorFlow Lite forward pass, or None where it is missing or disagrees."""
+        with self._lite_lock:
+            if not self._lite_built:
+                self._lite = lite_forward_or_none(self.model)
+                self._lite_built = True
+        return self._lite
 
     @property
     def image_size(self) -> int:
@@ -86,8 +99,9 @@ class Predictor:
 
     def probabilities(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """P(pneumonia) for preprocessed uint8 arrays of shape (N, S, S, 1)."""
-        if len(pixels) == 1 and self._single_forward is not None:
-            return self._single_forward(pixels.astype(np.float32)).ravel()
+        lite = self._single_forward() if len(pixels) == 1 else None
+        if lite is not None:
+            return lite(pixels.astype(np.float32)).ravel()
         outputs = [
             self._forward(pixels[start : start + batch_size].astype(np.float32))
             for start in range(0, len(pixels), batch_size)
@@ -124,8 +138,9 @@ class Predictor:
         The overlay is drawn at the image's size, or shrunk to fit `max_side` pixels,
         which is much cheaper to encode for a full-size film.
         """
-        from mlcore.explain import GradCam, encode_overlay
+        from mlcore.explain import GradCam, check_overlay_format, encode_overlay
 
+        check_overlay_format(image_format)
         started = time.perf_counter()
         image = self._as_image(image)
         pixels, box = self.preprocessing.with_box(image, self.max_pixels)

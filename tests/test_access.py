@@ -26,7 +26,7 @@ def case(staff_user, var_dir):
         height=64,
     )
     for field in ("original", "display_image", "thumbnail"):
-        getattr(case, field).save("x", ContentFile(b"secret image bytes"), save=False)
+        getattr(case, field).save("x.png", ContentFile(b"secret image bytes"), save=False)
     case.save()
     prediction = Prediction(
         case=case, model_version=model_version, status="done", probability=0.9, label="pneumonia"

@@ -94,7 +94,7 @@ def test_a_delivery_that_lost_its_claim_does_not_write(active_model, staff_user,
     assert services.save_reading(prediction=claimed, task_id="first", computed=computed) is False
     assert Prediction.objects.get(pk=prediction.pk).status == Prediction.Status.RUNNING
     assert not (media_dir / "predictions").exists() or not any(
-        (media_dir / "predictions").rglob("*.jpg")
+        path.is_file() for path in (media_dir / "predictions").rglob("*")
     )
     assert services.save_reading(prediction=claimed, task_id="second", computed=computed)
     assert Prediction.objects.get(pk=prediction.pk).status == Prediction.Status.DONE

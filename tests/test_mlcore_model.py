@@ -72,7 +72,7 @@ def test_gradcam_overlay_has_the_image_size_and_a_hot_region(predictor):
     path = next(p for p in sample_files() if p.parent.name == "PNEUMONIA")
     image = Image.open(path)
     overlay = Image.open(io.BytesIO(predictor.explain(path.read_bytes())))
-    assert overlay.size == image.size and overlay.mode == "RGB"
+    assert overlay.format == "PNG" and overlay.size == image.size and overlay.mode == "RGB"
     cam = predictor._gradcam(preprocess_image(image))
     assert cam.max() == pytest.approx(1.0) and cam.std() > 0.05
 

@@ -88,7 +88,10 @@ def test_gaussian_blur_keeps_flat_films_and_the_mean_and_smooths_noise():
     assert blurred.std() < noise.std() / 3
 
 
-@pytest.mark.parametrize("shape, sigma", [((224, 224), 6.0), ((40, 50), 1.5), ((9, 5), 3.0)])
+@pytest.mark.parametrize(
+    "shape, sigma",
+    [((224, 224), 6.0), ((40, 50), 1.5), ((9, 5), 3.0), ((2, 3), 6.0), ((1, 7), 1.5)],
+)
 def test_gaussian_blur_is_a_mirrored_convolution_with_the_taps(shape, sigma):
     """The matrix form against the plain definition, taps longer than the film included."""
     film = np.random.default_rng(1).uniform(0, 255, shape).astype(np.float32)
