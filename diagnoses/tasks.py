@@ -12,11 +12,14 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-from celery import shared_task
+from celery import current_app, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
 
 from diagnoses import services
+from diagnoses.warmup import should_warm, warm_in_background
 from mlcore.imageio import ImageDecodeError
 
 logger = logging.getLogger(__name__)
@@ -42,6 +45,13 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
 
 
 TRANSIENT_ERRORS = _transient_errors()
+
+
+@worker_process_init.connect
+def warm_new_pool_process(**kwargs) -> None:
+    """Each new pool process of an inference worker loads the active model in the background."""
+    if should_warm(current_app.amqp.queues.consume_from, settings.PNEUMOSITE_WARM_WORKER):
+        warm_in_background()
 
 
 @shared_task(name="diagnoses.tasks.ping")

@@ -293,6 +293,9 @@ PNEUMOSITE_TRAINING_TIME_LIMIT = env_int("PNEUMOSITE_TRAINING_TIME_LIMIT", 3 * 3
 # come after. With the defaults a job from the shipped model ends within 10 minutes on 2
 # CPU cores (BENCHMARKS.md). 0: no budget.
 PNEUMOSITE_FINE_TUNE_TIME_BUDGET = env_int("PNEUMOSITE_FINE_TUNE_TIME_BUDGET", 480)
+# Each new pool process of a worker that takes readings loads the active model at once,
+# in the background, instead of at its first reading (diagnoses/warmup.py).
+PNEUMOSITE_WARM_WORKER = env_bool("PNEUMOSITE_WARM_WORKER", True)
 # A running retraining job whose worker has not written a heartbeat for this long is
 # marked failed by the "fail-stale-retraining-jobs" periodic task (its worker died).
 PNEUMOSITE_TRAINING_HEARTBEAT_TIMEOUT = env_int("PNEUMOSITE_TRAINING_HEARTBEAT_TIMEOUT", 900)

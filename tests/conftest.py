@@ -388,6 +388,8 @@ def celery_worker_factory(transactional_db, tmp_path, celery_app_broker):
                 "DJANGO_SECRET_KEY": settings.SECRET_KEY,
                 "PNEUMOSITE_VAR_DIR": str(settings.VAR_DIR),
                 "PYTHONUNBUFFERED": "1",
+                # Off unless a test asks for it: most tests never read a film.
+                "PNEUMOSITE_WARM_WORKER": "0",
                 "PYTHONPATH": os.pathsep.join(
                     p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
                 ),
