@@ -364,6 +364,37 @@ def machine() -> dict:
     }
 
 
+def process_tree_memory(root_pid: int) -> list[dict]:
+    """RSS and peak RSS (VmHWM) of a process and its descendants, from /proc (Linux)."""
+    statuses = [_proc_status(path.name) for path in Path("/proc").glob("[0-9]*")]
+    children: dict[int, list[int]] = {}
+    for status in filter(None, statuses):
+        children.setdefault(int(status["PPid"]), []).append(int(status["Pid"]))
+    memory, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop(0)
+        todo.extend(children.get(pid, []))
+        status = _proc_status(pid)
+        if status is not None:  # None: the process ended meanwhile
+            memory.append(
+                {
+                    "pid": pid,
+                    "name": status["Name"].strip(),
+                    "rss_mb": int(status["VmRSS"].split()[0]) // 1024,
+                    "peak_rss_mb": int(status["VmHWM"].split()[0]) // 1024,
+                }
+            )
+    return memory
+
+
+def _proc_status(pid) -> dict[str, str] | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+        return dict(line.split(":\t", 1) for line in text.splitlines())
+    except (OSError, ValueError):
+        return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", default="latency1,latency10,throughput")
@@ -454,6 +485,10 @@ def main() -> int:
             results[scenario] = result
             print(scenario, json.dumps(result, default=float), flush=True)
         monitor.stop_event.set()
+        results["memory_at_end"] = {
+            "web": process_tree_memory(web.process.pid),
+            "worker": process_tree_memory(worker.process.pid),
+        }
         for name in ("web", "worker"):
             log = (work / f"{name}.log").read_text(errors="replace")
             results[f"{name}_log_errors"] = sum(
