@@ -366,33 +366,31 @@ def machine() -> dict:
 
 def process_tree_memory(root_pid: int) -> list[dict]:
     """RSS and peak RSS (VmHWM) of a process and its descendants, from /proc (Linux)."""
-    statuses = [_proc_status(path.name) for path in Path("/proc").glob("[0-9]*")]
+    statuses = {}
+    for path in Path("/proc").glob("[0-9]*/status"):
+        try:  # a process may end while this reads
+            statuses[int(path.parent.name)] = dict(
+                line.split(":\t", 1) for line in path.read_text().splitlines()
+            )
+        except (OSError, ValueError):
+            continue
     children: dict[int, list[int]] = {}
-    for status in filter(None, statuses):
-        children.setdefault(int(status["PPid"]), []).append(int(status["Pid"]))
+    for pid, status in statuses.items():
+        children.setdefault(int(status["PPid"]), []).append(pid)
     memory, todo = [], [root_pid]
     while todo:
         pid = todo.pop(0)
         todo.extend(children.get(pid, []))
-        status = _proc_status(pid)
-        if status is not None:  # None: the process ended meanwhile
+        if pid in statuses:
             memory.append(
                 {
                     "pid": pid,
-                    "name": status["Name"].strip(),
-                    "rss_mb": int(status["VmRSS"].split()[0]) // 1024,
-                    "peak_rss_mb": int(status["VmHWM"].split()[0]) // 1024,
+                    "name": statuses[pid]["Name"].strip(),
+                    "rss_mb": int(statuses[pid].get("VmRSS", "0 kB").split()[0]) // 1024,
+                    "peak_rss_mb": int(statuses[pid].get("VmHWM", "0 kB").split()[0]) // 1024,
                 }
             )
     return memory
-
-
-def _proc_status(pid) -> dict[str, str] | None:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-        return dict(line.split(":\t", 1) for line in text.splitlines())
-    except (OSError, ValueError):
-        return None
 
 
 def main() -> int:

@@ -20,9 +20,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mlcore.framing import zoom  # noqa: E402
-from mlcore.imageio import decode_image, to_grayscale_8bit  # noqa: E402
 from mlcore.inference import Predictor  # noqa: E402
+from training.framing_sensitivity import framed_inputs, load_films  # noqa: E402
 from training.splits import DEFAULT_DATA, carve_settings, validation_splits  # noqa: E402
 
 ZOOMS = (0.8, 1.0, 1.2)
@@ -34,8 +33,7 @@ def binomial_tail(successes: int, trials: int) -> float:
 
 
 def flags(predictor: Predictor, films: list[np.ndarray], factor: float) -> np.ndarray:
-    pixels = np.stack([predictor.preprocess(zoom(film, factor)) for film in films])
-    return predictor.probabilities(pixels) >= predictor.threshold
+    return predictor.probabilities(framed_inputs(predictor, films, factor)) >= predictor.threshold
 
 
 def main() -> None:
@@ -48,7 +46,7 @@ def main() -> None:
     if carve_settings(args.against) != settings:
         raise SystemExit("the two models were trained beside different carves")
     carve = validation_splits(args.data, settings)["validation carve"]
-    films = [to_grayscale_8bit(decode_image(s.path.read_bytes())) for s in carve if s.label == 0]
+    films = load_films([sample for sample in carve if sample.label == 0])
     candidate, reference = Predictor.load(args.model), Predictor.load(args.against)
     print(f"{len(films)} healthy carve films; candidate {args.model}, reference {args.against}")
     for factor in ZOOMS:

@@ -22,11 +22,21 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mlcore.framing import body_share, is_unusually_framed, zoom  # noqa: E402
-from mlcore.imageio import decode_image, to_grayscale_8bit  # noqa: E402
+from mlcore.imageio import decode_image  # noqa: E402
 from mlcore.inference import Predictor  # noqa: E402
 from training.splits import carve_settings, validation_splits  # noqa: E402
 
 ZOOMS = (0.8, 0.9, 1.0, 1.1, 1.2)
+
+
+def load_films(samples) -> list:
+    """The samples' films, decoded to 8-bit grayscale as stored."""
+    return [decode_image(sample.path.read_bytes()) for sample in samples]
+
+
+def framed_inputs(predictor: Predictor, films: list, factor: float) -> np.ndarray:
+    """The model inputs of the films zoomed by `factor` about their centre."""
+    return np.stack([predictor.preprocess(zoom(film, factor)) for film in films])
 
 
 def main() -> None:
@@ -37,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     predictor = Predictor.load(args.model)
     if args.film:
-        film = to_grayscale_8bit(decode_image(args.film.read_bytes()))
+        film = decode_image(args.film.read_bytes())
         for factor in ZOOMS:
             framed = zoom(film, factor)
             reading = predictor.predict(framed)
@@ -53,11 +63,11 @@ def main() -> None:
         "centre of the model's input for normal films"
     )
     for name, samples in validation_splits(args.data, carve_settings(args.model)).items():
-        films = [to_grayscale_8bit(decode_image(s.path.read_bytes())) for s in samples]
+        films = load_films(samples)
         labels = np.array([s.label for s in samples])
         cells = []
         for factor in ZOOMS:
-            pixels = np.stack([predictor.preprocess(zoom(film, factor)) for film in films])
+            pixels = framed_inputs(predictor, films, factor)
             scores = predictor.probabilities(pixels)
             normal, sick = scores[labels == 0], scores[labels == 1]
             flagged = (normal >= predictor.threshold).mean()
