@@ -176,8 +176,9 @@ def display_file(image: Image.Image, source_format: str) -> tuple[bytes, str]:
     """The image the pages show, at most DISPLAY_MAX_SIDE px, and its file extension.
 
     A JPEG original is shown as JPEG at quality DISPLAY_JPEG_QUALITY: it was lossy already,
-    and as PNG it came out four times the size of the original and took 32 ms to encode,
-    most of an upload's CPU time. PNG and DICOM originals are shown losslessly, as PNG.
+    and as PNG it came out several times the size of the original and its encoding was
+    most of an upload's CPU time (bench/bench_reading_parts.py). PNG and DICOM originals
+    are shown losslessly, as PNG.
     Neither carries the original's metadata.
     """
     fitted = _fit(image, DISPLAY_MAX_SIDE)

@@ -362,7 +362,8 @@ def claim_prediction(*, prediction_id: int, task_id: str) -> Prediction | None:
 
 # The overlay is shown scaled to the display image's box; encoding it at full film size
 # would cost more time than the whole model run. JPEG, because the overlay is a picture to
-# look at (the original is kept lossless): PNG encoding was a third of a reading's CPU.
+# look at (the original is kept as uploaded): PNG encoding took about a third of a reading
+# with its heatmap (bench/bench_inference.py, BENCHMARKS.md).
 HEATMAP_MAX_SIDE = 1024
 HEATMAP_FORMAT = "JPEG"
 

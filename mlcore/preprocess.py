@@ -223,11 +223,10 @@ def gaussian_blur(film: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian blur of a 2-D float array, edges mirrored.
 
     Each pass is one product with a banded matrix (`blur_matrix`). That does more
-    arithmetic than sliding the taps along the film, but BLAS does it several times faster
-    (0.23 against 0.9 ms at 224x224), and `normalize_detail` blurs each film nine times.
-    On one BLAS thread: a second gains nothing at this size, and once woken it spins for
-    a while after the product, taking a core from the forward pass that follows
-    (`Predictor.predict` p50 40.7 ms with it, 26.1 ms without; BENCHMARKS.md). The limit
+    arithmetic than sliding the taps along the film, but BLAS does it several times faster,
+    and `normalize_detail` blurs each film nine times. On one BLAS thread: a second gains
+    nothing at this size, and once woken it spins for a while after the product, taking a
+    core from the forward pass that follows (bench/bench_reading_parts.py). The limit
     is the process's: threads that blur at once (mlcore.data) can run a blur on two BLAS
     threads or leave BLAS on one, which changes the speed, never the result.
     """
