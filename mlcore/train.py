@@ -18,6 +18,7 @@ import numpy as np
 
 from mlcore import data as datasets
 from mlcore.balance import film_shape_weights
+from mlcore.distill import StudentAUC, distillation_loss, load_teacher, with_teacher
 from mlcore.framing import RandomFraming
 from mlcore.metrics import binary_metrics, pick_threshold
 from mlcore.model import build_model
@@ -28,6 +29,7 @@ from mlcore.serialization import MODEL_FILE, TRAIN_REPORT, ModelMetadata, save_m
 from mlcore.views import RandomViewBatches
 
 EpochCallback = Callable[[int, int, dict], None]
+LABEL_SMOOTHING = 0.05
 
 
 class TrainingCancelled(RuntimeError):
@@ -64,6 +66,8 @@ class TrainConfig:
     val_fraction: float = 0.35
     min_sensitivity: float = 0.98
     init_model: Path | None = None
+    teacher: Path | None = None
+    teacher_weight: float = 1.0
     limit_per_class: int | None = None
     max_seconds: float | None = None
     cache_dir: Path | None = None
@@ -158,7 +162,9 @@ def _training_input(data: TrainingData, sample_weight: np.ndarray, config: Train
     }
 
 
-def _compile(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
+def _compile(
+    model: keras.Model, config: TrainConfig, steps_per_epoch: int, distilling: bool = False
+) -> None:
     total_steps = max(1, config.epochs * steps_per_epoch)
     warmup = min(total_steps // 10, 3 * steps_per_epoch)
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -170,8 +176,12 @@ def _compile(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> N
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay),
-        loss=keras.losses.BinaryCrossentropy(label_smoothing=0.05),
-        metrics=[keras.metrics.AUC(name="auc")],
+        loss=(
+            distillation_loss(config.teacher_weight, LABEL_SMOOTHING)
+            if distilling
+            else keras.losses.BinaryCrossentropy(label_smoothing=LABEL_SMOOTHING)
+        ),
+        metrics=[StudentAUC(name="auc") if distilling else keras.metrics.AUC(name="auc")],
     )
 
 
@@ -257,11 +267,11 @@ def train(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train, pick the threshold on validation, and write the model directory to `config.out`."""
-    if config.init_model:
-        base = ModelMetadata.read(config.init_model).preprocessing
+    for other, role in ((config.init_model, "fine-tune it"), (config.teacher, "learn from it")):
+        base = ModelMetadata.read(other).preprocessing if other else config.preprocessing
         if base != config.preprocessing:
             raise ValueError(
-                f"{config.init_model} was trained on inputs made by {base}; fine-tune it with "
+                f"{other} was trained on inputs made by {base}; {role} with "
                 f"the same options, not {config.preprocessing}"
             )
     keras.utils.set_random_seed(config.seed)
@@ -296,15 +306,19 @@ def train(
             centre_brightness=config.centre_brightness,
             detail_gain=config.detail_gain,
         )
+    fitted = model
+    if config.teacher:
+        fitted = with_teacher(model, load_teacher(config.teacher)[0])
+        log(f"learning from {config.teacher} (teacher weight {config.teacher_weight})")
     x_val = data.x_val.astype(np.float32)
     steps = int(np.ceil(len(y_train) / config.batch_size))
-    _compile(model, config, steps)
+    _compile(fitted, config, steps, distilling=fitted is not model)
 
     config.out.mkdir(parents=True, exist_ok=True)
     checkpoint = config.out / ".best.weights.h5"
     deadline = started + config.max_seconds if config.max_seconds else None
     progress = _ProgressCallback(config.epochs, on_epoch, should_stop, deadline)
-    history = model.fit(
+    history = fitted.fit(
         **_training_input(data, sample_weight, config),
         validation_data=(x_val, y_val),
         epochs=config.epochs,
@@ -319,7 +333,7 @@ def train(
     if progress.cancelled:
         checkpoint.unlink(missing_ok=True)
         raise TrainingCancelled("training was cancelled")
-    model.load_weights(checkpoint)
+    fitted.load_weights(checkpoint)  # the student's layers are fitted's own
     checkpoint.unlink()
     train_seconds = time.perf_counter() - started
 
@@ -455,6 +469,19 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction)
     parser.add_argument("--min-sensitivity", type=float, default=TrainConfig.min_sensitivity)
     parser.add_argument("--init-model", type=Path, help="fine-tune from this model directory")
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        help="learn to read as this model directory reads the same augmented views "
+        "(mlcore.distill); it must use the same preprocessing options",
+    )
+    parser.add_argument(
+        "--teacher-weight",
+        type=float,
+        default=TrainConfig.teacher_weight,
+        help="with --teacher, the share of the loss that follows the teacher rather than "
+        "the label (1: the teacher alone)",
+    )
     parser.add_argument(
         "--limit-per-class", type=int, help="use at most N images per class (smoke runs)"
     )
