@@ -19,10 +19,8 @@ from mlcore.serialization import MODEL_FILE, ModelMetadata
 def load_teacher(model_dir: Path) -> tuple[keras.Model, ModelMetadata]:
     """The teacher's network from its rescaled (0-1) input on, frozen, and its metadata."""
     model = keras.models.load_model(Path(model_dir) / MODEL_FILE)
-    start = model.get_layer("augment") if "augment" in _layer_names(model) else None
-    start = start or model.get_layer("rescale")
     (reading,) = model.outputs
-    network = keras.Model(start.output, reading, name="teacher")
+    network = keras.Model(_view(model), reading, name="teacher")
     network.trainable = False
     return network, ModelMetadata.read(model_dir)
 
@@ -36,8 +34,7 @@ def with_teacher(student: keras.Model, teacher: keras.Model) -> keras.Model:
         raise ValueError(
             f"the student takes {student.input_shape}, the teacher {teacher.input_shape}"
         )
-    view = student.get_layer("augment").output
-    teacher_reading = teacher(view, training=False)  # no dropout, frozen batch statistics
+    teacher_reading = InferenceOnly(teacher, name="teacher_reading")(_view(student))
     both = layers.Concatenate(name="student_and_teacher")([student.output, teacher_reading])
     return keras.Model(student.input, both, name=f"{student.name}_with_teacher")
 
@@ -62,6 +59,22 @@ def distillation_loss(teacher_weight: float = 1.0, label_smoothing: float = 0.05
     return loss
 
 
+class InferenceOnly(keras.layers.Layer):
+    """Runs a network in inference mode (no dropout, stored batch statistics), always.
+
+    Within a model being fitted, Keras passes `training=True` to every nested layer whose
+    call takes that argument, overriding a `training=False` given when the graph was built.
+    This layer's call does not take it, so the network it wraps never sees it.
+    """
+
+    def __init__(self, network: keras.Model, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+
+    def call(self, inputs):
+        return self.network(inputs, training=False)
+
+
 class StudentAUC(keras.metrics.AUC):
     """AUC of the student's reading (the first column) against the labels."""
 
@@ -69,5 +82,7 @@ class StudentAUC(keras.metrics.AUC):
         return super().update_state(y_true, y_pred[:, :1], sample_weight)
 
 
-def _layer_names(model: keras.Model) -> set[str]:
-    return {layer.name for layer in model.layers}
+def _view(model: keras.Model):
+    """The film as the network proper sees it: rescaled to 0-1, and augmented in training."""
+    names = {layer.name for layer in model.layers}
+    return model.get_layer("augment" if "augment" in names else "rescale").output
