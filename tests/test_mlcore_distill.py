@@ -29,7 +29,9 @@ def teacher_dir(tmp_path_factory):
         kernel, bias = member.get_layer("pneumonia").get_weights()
         member.get_layer("pneumonia").set_weights([rng.normal(0, 30, kernel.shape), bias])
     folder = tmp_path_factory.mktemp("teacher")
-    save_model_dir(build_ensemble(members), folder, ModelMetadata("teacher", 0.5, Preprocessing(SIZE)))
+    save_model_dir(
+        build_ensemble(members), folder, ModelMetadata("teacher", 0.5, Preprocessing(SIZE))
+    )
     return folder
 
 
@@ -53,9 +55,7 @@ def test_the_teacher_reads_the_students_augmented_view_in_inference_mode(teacher
     assert readings.shape == (len(pixels), 2)
 
 
-def test_fitting_moves_the_student_towards_the_teacher_and_leaves_the_teacher(
-    teacher_dir, pixels
-):
+def test_fitting_moves_the_student_towards_the_teacher_and_leaves_the_teacher(teacher_dir, pixels):
     keras.utils.set_random_seed(3)
     teacher, _ = load_teacher(teacher_dir)
     teacher_weights = [w.copy() for w in teacher.get_weights()]
