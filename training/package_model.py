@@ -89,6 +89,25 @@ def shape_weighting_phrase(config: dict) -> str:
     return ""
 
 
+def targets_phrase(config: dict) -> str:
+    """What the network learned to output: the labels, or another model's readings."""
+    smoothing = "label smoothing 0.05, balanced class weights"
+    teacher, weight = config.get("teacher"), config.get("teacher_weight", 1.0)
+    if not teacher:
+        return smoothing
+    name = Path(teacher).name
+    if weight >= 1.0:
+        return (
+            f"trained on the reading of `{name}` rather than on the labels (`mlcore/distill.py`:"
+            f" the teacher reads the same augmented view, frozen), balanced class weights"
+        )
+    return (
+        f"a loss {weight:g} from the reading of `{name}` (`mlcore/distill.py`: the teacher "
+        f"reads the same augmented view, frozen) and {1 - weight:g} from the labels with "
+        f"{smoothing}"
+    )
+
+
 def model_card(model_dir: Path, model) -> str:
     trained = json.loads((model_dir / TRAIN_REPORT).read_text())
     test = json.loads((model_dir / "test_metrics.json").read_text())
@@ -134,7 +153,7 @@ Data: Mendeley Data v2, doi:10.17632/rscbjbr9sj.2, licence CC BY 4.0 (a resized 
 {size}x{size} grayscale input (`mlcore/preprocess.py`): {input_steps(config)}.
 Augmentation: rotation, zoom, shift, contrast, brightness, Gaussian blur and noise; no
 horizontal flip. AdamW (weight decay {config["weight_decay"]}), cosine learning-rate schedule,
-label smoothing 0.05, balanced class weights{shape_weighting_phrase(config)},
+{targets_phrase(config)}{shape_weighting_phrase(config)},
 checkpoint with the lowest validation loss.
 {{history}}
 
