@@ -1,6 +1,8 @@
 """What the parts of a reading cost: `python bench/bench_reading_parts.py [--model DIR]`.
 
 On the 12 full-size sample films, one after another, on the machine it runs on:
+- the steps of a single reading: decoding the JPEG, framing (crop to the body, resize),
+  histogram equalisation and the network's TensorFlow Lite forward pass;
 - the detail levelling of the model's preprocessing (`normalize_detail`, its bands);
 - `Predictor.predict` with the preprocessing blurs on one BLAS thread (as shipped) and with
   numpy's default, to show what the limit in `mlcore.preprocess.gaussian_blur` buys;
@@ -60,11 +62,18 @@ def main() -> None:
     print("| part | mean per film |\n|---|---:|")
 
     settings = predictor.preprocessing
+    framed = [settings.framed(film)[0] for film in films]
+    equalised = [np.asarray(ImageOps.equalize(image), np.uint8) for image in framed]
+    inputs = [predictor.preprocess(film)[np.newaxis] for film in films]
+    for part, function, items in (
+        ("decoding the full-size JPEG", decode_image, blobs),
+        ("framing: crop to the body (if the model does) and resize", settings.framed, films),
+        ("histogram equalisation", ImageOps.equalize, framed),
+        ("network forward pass, one image", predictor.probabilities, inputs),
+    ):
+        print(f"| {part} | {mean_ms(function, items):.2f} ms |")
     if settings.normalize_detail:
         bands = preprocess.DETAIL_BANDS[: settings.detail_bands]
-        equalised = [
-            np.asarray(ImageOps.equalize(settings.framed(film)[0]), np.uint8) for film in films
-        ]
         levelling = mean_ms(lambda pixels: preprocess.normalize_detail(pixels, bands), equalised)
         print(f"| detail levelling, {len(bands)} band(s) | {levelling:.2f} ms |")
 

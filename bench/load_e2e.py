@@ -322,6 +322,18 @@ def verify(dsn: str, media: Path, references: list[str]) -> dict:
     return {"lost": lost, "duplicated": duplicated, "failed": not_done, "missing_heatmaps": missing}
 
 
+def model_versions_used(dsn: str) -> list[str]:
+    """The model versions that made the readings (the active one when all went well)."""
+    import psycopg2
+
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT DISTINCT m.name FROM diagnoses_prediction p "
+            "JOIN diagnoses_modelversion m ON m.id = p.model_version_id ORDER BY m.name"
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
 # --------------------------------------------------------------------------------------
 # The stack
 # --------------------------------------------------------------------------------------
@@ -483,15 +495,23 @@ def main() -> int:
             results[scenario] = result
             print(scenario, json.dumps(result, default=float), flush=True)
         monitor.stop_event.set()
+        results["model_versions"] = model_versions_used(dsn)
         results["memory_at_end"] = {
             "web": process_tree_memory(web.process.pid),
             "worker": process_tree_memory(worker.process.pid),
         }
         for name in ("web", "worker"):
-            log = (work / f"{name}.log").read_text(errors="replace")
-            results[f"{name}_log_errors"] = sum(
-                1 for line in log.splitlines() if '"level": "ERROR"' in line or "Traceback" in line
-            )
+            log = (work / f"{name}.log").read_text(errors="replace").splitlines()
+            errors = [
+                index
+                for index, line in enumerate(log)
+                if '"level": "ERROR"' in line or "Traceback" in line
+            ]
+            results[f"{name}_log_errors"] = len(errors)
+            # The log goes with the work folder; keep enough of it to tell what went wrong.
+            results[f"{name}_log_error_excerpts"] = [
+                "\n".join(log[index : index + 12]) for index in errors[:5]
+            ]
     finally:
         for proc in reversed(processes):
             proc.stop()
