@@ -63,12 +63,16 @@ def main() -> None:
 
     settings = predictor.preprocessing
     framed = [settings.framed(film)[0] for film in films]
-    equalised = [np.asarray(ImageOps.equalize(image), np.uint8) for image in framed]
+    if settings.normalization == "clahe":
+        normalisation = ("CLAHE", lambda image: preprocess.clahe(np.asarray(image, np.uint8)))
+    else:
+        normalisation = ("histogram equalisation", ImageOps.equalize)
+    equalised = [np.asarray(normalisation[1](image), np.uint8) for image in framed]
     inputs = [predictor.preprocess(film)[np.newaxis] for film in films]
     for part, function, items in (
         ("decoding the full-size JPEG", decode_image, blobs),
         ("framing: crop to the body (if the model does) and resize", settings.framed, films),
-        ("histogram equalisation", ImageOps.equalize, framed),
+        (normalisation[0], normalisation[1], framed),
         ("network forward pass, one image", predictor.probabilities, inputs),
     ):
         print(f"| {part} | {mean_ms(function, items):.2f} ms |")

@@ -13,16 +13,16 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
-from mlcore.serialization import MODEL_FILE, ModelMetadata
+from mlcore.serialization import MODEL_FILE
 
 
-def load_teacher(model_dir: Path) -> tuple[keras.Model, ModelMetadata]:
-    """The teacher's network from its rescaled (0-1) input on, frozen, and its metadata."""
+def load_teacher(model_dir: Path) -> keras.Model:
+    """The teacher's network from its rescaled (0-1) input on, frozen."""
     model = keras.models.load_model(Path(model_dir) / MODEL_FILE)
     (reading,) = model.outputs
     network = keras.Model(_view(model), reading, name="teacher")
     network.trainable = False
-    return network, ModelMetadata.read(model_dir)
+    return network
 
 
 def with_teacher(student: keras.Model, teacher: keras.Model) -> keras.Model:
@@ -39,7 +39,7 @@ def with_teacher(student: keras.Model, teacher: keras.Model) -> keras.Model:
     return keras.Model(student.input, both, name=f"{student.name}_with_teacher")
 
 
-def distillation_loss(teacher_weight: float = 1.0, label_smoothing: float = 0.05):
+def distillation_loss(teacher_weight: float, label_smoothing: float):
     """Cross-entropy of the student against the teacher's reading, mixed with the label's.
 
     `teacher_weight` 1.0 learns the teacher's reading alone; 0.0 is plain training.
@@ -62,9 +62,10 @@ def distillation_loss(teacher_weight: float = 1.0, label_smoothing: float = 0.05
 class InferenceOnly(keras.layers.Layer):
     """Runs a network in inference mode (no dropout, stored batch statistics), always.
 
-    Within a model being fitted, Keras passes `training=True` to every nested layer whose
-    call takes that argument, overriding a `training=False` given when the graph was built.
-    This layer's call does not take it, so the network it wraps never sees it.
+    Within a model being fitted, Keras passes `training=True` to every layer of the graph,
+    overriding a `training=False` given when the graph was built, and drops it only for
+    layers whose call does not take it. This layer's call does not, so the network it
+    wraps keeps the `training=False` given here.
     """
 
     def __init__(self, network: keras.Model, **kwargs):

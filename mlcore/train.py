@@ -74,6 +74,8 @@ class TrainConfig:
     extra_samples: Sequence[tuple[str, int]] = field(default_factory=list)
 
     def __post_init__(self):
+        if not 0.0 <= self.teacher_weight <= 1.0:
+            raise ValueError(f"teacher weight must be between 0 and 1, not {self.teacher_weight}")
         if self.estimate_film_shape:  # estimating the shapes is only done to balance them
             self.balance_film_shape = True
 
@@ -260,6 +262,15 @@ def add_dataset_and_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, help="keep decoded arrays here between runs")
 
 
+def _require_same_inputs(model_dir: Path, config: TrainConfig, use: str) -> None:
+    base = ModelMetadata.read(model_dir).preprocessing
+    if base != config.preprocessing:
+        raise ValueError(
+            f"{model_dir} was trained on inputs made by {base}; {use} with "
+            f"the same options, not {config.preprocessing}"
+        )
+
+
 def train(
     config: TrainConfig,
     on_epoch: EpochCallback | None = None,
@@ -267,13 +278,10 @@ def train(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train, pick the threshold on validation, and write the model directory to `config.out`."""
-    for other, role in ((config.init_model, "fine-tune it"), (config.teacher, "learn from it")):
-        base = ModelMetadata.read(other).preprocessing if other else config.preprocessing
-        if base != config.preprocessing:
-            raise ValueError(
-                f"{other} was trained on inputs made by {base}; {role} with "
-                f"the same options, not {config.preprocessing}"
-            )
+    if config.init_model:
+        _require_same_inputs(config.init_model, config, "fine-tune it")
+    if config.teacher:
+        _require_same_inputs(config.teacher, config, "learn from it")
     keras.utils.set_random_seed(config.seed)
     started = time.perf_counter()
     data = load_training_data(config)
@@ -308,11 +316,11 @@ def train(
         )
     fitted = model
     if config.teacher:
-        fitted = with_teacher(model, load_teacher(config.teacher)[0])
+        fitted = with_teacher(model, load_teacher(config.teacher))
         log(f"learning from {config.teacher} (teacher weight {config.teacher_weight})")
     x_val = data.x_val.astype(np.float32)
     steps = int(np.ceil(len(y_train) / config.batch_size))
-    _compile(fitted, config, steps, distilling=fitted is not model)
+    _compile(fitted, config, steps, distilling=bool(config.teacher))
 
     config.out.mkdir(parents=True, exist_ok=True)
     checkpoint = config.out / ".best.weights.h5"
