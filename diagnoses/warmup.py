@@ -1,10 +1,10 @@
 """Load the active model in a new inference worker process before a reading needs it.
 
-Loading the six-network model and tracing its Grad-CAM takes several seconds (5.7 s for
-the first reading of `make run`), which the first upload after every worker (re)start
-would otherwise wait for. The warm-up runs in a thread of the pool process: the process
-takes tasks at once, and a reading that arrives early waits for the same load (the
-predictor cache is locked), never for a second one.
+Loading a model and tracing its Grad-CAM takes seconds (5.7 s for the first reading of
+`make run` with the six-network model, session 8), which the first upload after every
+worker (re)start would otherwise wait for. The warm-up runs in a thread of the pool
+process: the process takes tasks at once, and a reading that arrives early waits for the
+same load (the predictor cache is locked), never for a second one.
 """
 
 from __future__ import annotations

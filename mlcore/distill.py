@@ -44,8 +44,7 @@ def distillation_loss(teacher_weight: float, label_smoothing: float):
 
     `teacher_weight` 1.0 learns the teacher's reading alone; 0.0 is plain training.
     """
-    if not 0.0 <= teacher_weight <= 1.0:
-        raise ValueError(f"teacher_weight must be between 0 and 1, not {teacher_weight}")
+    check_teacher_weight(teacher_weight)
 
     def loss(labels, readings):
         student, teacher = readings[:, :1], readings[:, 1:]
@@ -57,6 +56,11 @@ def distillation_loss(teacher_weight: float, label_smoothing: float):
         return (1.0 - teacher_weight) * from_label + teacher_weight * from_teacher
 
     return loss
+
+
+def check_teacher_weight(teacher_weight: float) -> None:
+    if not 0.0 <= teacher_weight <= 1.0:
+        raise ValueError(f"teacher weight must be between 0 and 1, not {teacher_weight}")
 
 
 class InferenceOnly(keras.layers.Layer):

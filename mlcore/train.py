@@ -18,7 +18,13 @@ import numpy as np
 
 from mlcore import data as datasets
 from mlcore.balance import film_shape_weights
-from mlcore.distill import StudentAUC, distillation_loss, load_teacher, with_teacher
+from mlcore.distill import (
+    StudentAUC,
+    check_teacher_weight,
+    distillation_loss,
+    load_teacher,
+    with_teacher,
+)
 from mlcore.framing import RandomFraming
 from mlcore.metrics import binary_metrics, pick_threshold
 from mlcore.model import build_model
@@ -74,8 +80,7 @@ class TrainConfig:
     extra_samples: Sequence[tuple[str, int]] = field(default_factory=list)
 
     def __post_init__(self):
-        if not 0.0 <= self.teacher_weight <= 1.0:
-            raise ValueError(f"teacher weight must be between 0 and 1, not {self.teacher_weight}")
+        check_teacher_weight(self.teacher_weight)  # before the data are loaded
         if self.estimate_film_shape:  # estimating the shapes is only done to balance them
             self.balance_film_shape = True
 

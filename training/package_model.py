@@ -110,7 +110,7 @@ def augmentation_phrase(config: dict) -> str:
     used (an ensemble's config lists a value per member where the members differ)."""
 
     def show(value) -> str:
-        return " / ".join(f"{v:g}" for v in value) if isinstance(value, list) else f"{value:g}"
+        return " / ".join(f"{v:g}" for v in _as_list(value))
 
     extras = []
     if any(_as_list(config.get("detail_gain"))):
