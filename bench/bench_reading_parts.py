@@ -1,7 +1,8 @@
 """What the parts of a reading cost: `python bench/bench_reading_parts.py [--model DIR]`.
 
 On the 12 full-size sample films, one after another, on the machine it runs on:
-- the steps of a single reading: decoding the JPEG, framing (crop to the body, resize),
+- the steps of a single reading: decoding the JPEG at the dataset's scale (a reduced-scale
+  decode shrunk to a shorter side of 256 px), framing (crop to the body, resize),
   histogram equalisation and the network's TensorFlow Lite forward pass;
 - the detail levelling of the model's preprocessing (`normalize_detail`, its bands);
 - `Predictor.predict` with the preprocessing blurs on one BLAS thread (as shipped) and with
@@ -62,7 +63,8 @@ def main() -> None:
     print("| part | mean per film |\n|---|---:|")
 
     settings = predictor.preprocessing
-    framed = [settings.framed(film)[0] for film in films]
+    sources = [settings.source_film(blob) for blob in blobs]
+    framed = [settings.framed(source)[0] for source in sources]
     if settings.normalization == "clahe":
         normalisation = ("CLAHE", lambda image: preprocess.clahe(np.asarray(image, np.uint8)))
     else:
@@ -70,8 +72,8 @@ def main() -> None:
     equalised = [np.asarray(normalisation[1](image), np.uint8) for image in framed]
     inputs = [predictor.preprocess(film)[np.newaxis] for film in films]
     for part, function, items in (
-        ("decoding the full-size JPEG", decode_image, blobs),
-        ("framing: crop to the body (if the model does) and resize", settings.framed, films),
+        ("decoding the full-size JPEG at the dataset's scale", settings.source_film, blobs),
+        ("framing: crop to the body (if the model does) and resize", settings.framed, sources),
         (normalisation[0], normalisation[1], framed),
         ("network forward pass, one image", predictor.probabilities, inputs),
     ):

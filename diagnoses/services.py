@@ -387,7 +387,6 @@ def compute_reading(prediction: Prediction) -> ComputedReading:
     Raises mlcore.imageio.ImageDecodeError when the stored file cannot be decoded.
     """
     from diagnoses.predictors import get_predictor
-    from mlcore.imageio import decode_image
 
     predictor = get_predictor(prediction.model_version)
     try:
@@ -395,9 +394,10 @@ def compute_reading(prediction: Prediction) -> ComputedReading:
             data = fh.read()
     except FileNotFoundError as exc:
         raise StoredImageMissing("The stored image file is missing.") from exc
-    image = decode_image(data, max_pixels=settings.PNEUMOSITE_MAX_PIXELS)
+    # The predictor decodes the bytes itself, under the site's pixel limit: a JPEG at a
+    # reduced scale for the reading, whole for the overlay.
     reading, heatmap = predictor.predict_with_heatmap(
-        image, max_side=HEATMAP_MAX_SIDE, image_format=HEATMAP_FORMAT
+        data, max_side=HEATMAP_MAX_SIDE, image_format=HEATMAP_FORMAT
     )
     return ComputedReading(
         probability=float(reading.probability),

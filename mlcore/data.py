@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image
 
 from mlcore.framing import RandomFraming
-from mlcore.imageio import decode_image, to_grayscale_8bit
 from mlcore.preprocess import Preprocessing
 
 LABELS = ("NORMAL", "PNEUMONIA")
@@ -104,7 +103,7 @@ def _load_one(args: tuple[str, Preprocessing, RandomFraming | None]) -> np.ndarr
     content = Path(path).read_bytes()
     if framing is None:
         return preprocessing(content)
-    return preprocessing(framing(to_grayscale_8bit(decode_image(content)), Path(path).name))
+    return preprocessing(framing(preprocessing.source_film(content), Path(path).name))
 
 
 def load_arrays(

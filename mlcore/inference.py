@@ -17,6 +17,7 @@ from PIL import Image
 
 from mlcore.fastpath import lite_forward_or_none
 from mlcore.imageio import DEFAULT_MAX_PIXELS, decode_image
+from mlcore.preprocess import scale_box
 from mlcore.serialization import MODEL_FILE, ModelMetadata
 
 LABEL_PNEUMONIA = "pneumonia"
@@ -114,13 +115,13 @@ class Predictor:
 
     def predict(self, image: bytes | Image.Image) -> Reading:
         started = time.perf_counter()
-        pixels = self.preprocess(self._as_image(image))[np.newaxis]
+        pixels = self.preprocess(image)[np.newaxis]
         probability = float(self.probabilities(pixels)[0])
         return self._reading(probability, (time.perf_counter() - started) * 1000)
 
     def predict_batch(self, images, batch_size: int = 64) -> list[Reading]:
         started = time.perf_counter()
-        pixels = np.stack([self.preprocess(self._as_image(i)) for i in images])
+        pixels = np.stack([self.preprocess(image) for image in images])
         probabilities = self.probabilities(pixels, batch_size)
         per_image_ms = (time.perf_counter() - started) * 1000 / max(len(images), 1)
         return [self._reading(float(p), per_image_ms) for p in probabilities]
@@ -132,33 +133,27 @@ class Predictor:
     def predict_with_heatmap(
         self, image: bytes | Image.Image, max_side: int | None = None, image_format: str = "PNG"
     ) -> tuple[Reading, bytes]:
-        """The reading and its Grad-CAM overlay (PNG or JPEG) from one decode, one
-        preprocessing and one forward pass: the reading is the score Grad-CAM computes.
+        """The reading and its Grad-CAM overlay (PNG or JPEG) from one preprocessing and
+        one forward pass: the reading, the one `predict` gives, is the score Grad-CAM
+        computes.
 
-        The overlay is drawn at the image's size, or shrunk to fit `max_side` pixels,
-        which is much cheaper to encode for a full-size film.
+        The overlay is drawn on the image itself, at its size or shrunk to fit `max_side`
+        pixels, which is much cheaper to encode for a full-size film.
         """
         from mlcore.explain import GradCam, check_overlay_format, encode_overlay
 
         check_overlay_format(image_format)
         started = time.perf_counter()
-        image = self._as_image(image)
-        pixels, box = self.preprocessing.with_box(image, self.max_pixels)
+        film = self.preprocessing.source_film(image, self.max_pixels)
+        pixels, box = self.preprocessing.with_box(film, self.max_pixels)
         if self._gradcam is None:
             self._gradcam = GradCam(self.model)
         probability, cam = self._gradcam.score_and_map(pixels)
         reading = self._reading(probability, (time.perf_counter() - started) * 1000)
-        base = image
-        if max_side is not None and max(image.size) > max_side:
-            base = image.copy()
+        base = self._as_image(image)
+        if max_side is not None and max(base.size) > max_side:
+            base = base.copy()
             base.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        if box is not None and base is not image:  # the box in the thumbnail's pixels
-            scale_x, scale_y = base.width / image.width, base.height / image.height
-            left, top = round(box[0] * scale_x), round(box[1] * scale_y)
-            box = (
-                left,
-                top,
-                max(round(box[2] * scale_x), left + 1),
-                max(round(box[3] * scale_y), top + 1),
-            )
+        if box is not None:
+            box = scale_box(box, film.size, base.size)
         return reading, encode_overlay(base, cam, box, image_format)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -12,9 +13,17 @@ import numpy as np
 from PIL import Image, ImageOps
 from threadpoolctl import ThreadpoolController
 
-from mlcore.imageio import DEFAULT_MAX_PIXELS, decode_image, to_grayscale_8bit
+from mlcore.imageio import (
+    DEFAULT_MAX_PIXELS,
+    decode_image,
+    shrink_to_shorter_side,
+    to_grayscale_8bit,
+)
 
 IMAGE_SIZE = 224
+# Every film of the dataset was made by shrinking the original to this shorter side with
+# LANCZOS (../shared/data/README.md), so the test metrics describe films made that way.
+DATASET_SHORTER_SIDE = 256
 NORMALIZATIONS = ("equalize", "clahe")
 CLAHE_TILES = 8
 CLAHE_CLIP_LIMIT = 2.0
@@ -91,8 +100,9 @@ class Preprocessing:
     ) -> np.ndarray:
         """A (size, size, 1) uint8 array: grayscale, stretched to a square, normalised.
 
-        Stretching (not cropping) matches the training data, 70% of which exists only as
-        224x224 stretched copies. Intensity normalisation removes most of the exposure and
+        A larger film is first brought to the dataset's scale (`source_film`). Stretching
+        (not cropping) matches the training data, 70% of which exists only as 224x224
+        stretched copies. Intensity normalisation removes most of the exposure and
         contrast differences between X-ray machines: global histogram equalisation, or
         CLAHE (contrast-limited, per tile), which keeps local contrast inside the lungs.
         With `crop_to_body`, the black margins around the patient are cut first (see
@@ -103,13 +113,27 @@ class Preprocessing:
         """
         return self.with_box(image, max_pixels)[0]
 
+    def source_film(
+        self, image: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> Image.Image:
+        """The grayscale film at the dataset's scale: a film whose shorter side is above
+        DATASET_SHORTER_SIDE (or the input size, if larger) is shrunk to it, as every film
+        of the dataset was; smaller ones, which include every file of the dataset, are
+        left as they are. A JPEG given as bytes is decoded at a reduced scale first, so
+        its pixels differ a little (well under a grey level on average) from those of the
+        decoded film given as an image.
+        """
+        shorter_side = max(DATASET_SHORTER_SIDE, self.size)
+        if isinstance(image, bytes | bytearray | memoryview):
+            return decode_image(bytes(image), max_pixels, shorter_side)
+        return shrink_to_shorter_side(to_grayscale_8bit(image), shorter_side)
+
     def framed(
         self, image: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS
     ) -> tuple[Image.Image, tuple[int, int, int, int] | None]:
-        """The grayscale square the model sees, before intensity normalisation, and its box."""
-        if isinstance(image, bytes | bytearray | memoryview):
-            image = decode_image(bytes(image), max_pixels=max_pixels)
-        image = to_grayscale_8bit(image)
+        """The grayscale square the model sees, before intensity normalisation, and its
+        box in the pixels of `source_film(image)` (None: all of it)."""
+        image = self.source_film(image, max_pixels)
         box = body_box(image) if self.crop_to_body else None
         if box is not None:
             image = image.crop(box)
@@ -120,7 +144,7 @@ class Preprocessing:
     def with_box(
         self, image: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS
     ) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
-        """The model input, and the part of the film it shows (None: all of it)."""
+        """The model input, and the part of `source_film(image)` it shows (None: all of it)."""
         image, box = self.framed(image, max_pixels)
         if self.normalization == "clahe":
             pixels = clahe(np.asarray(image, dtype=np.uint8))
@@ -178,9 +202,15 @@ def normalize_detail(
 def band_amounts(
     film: np.ndarray, bands: Sequence[tuple[float, float]] = DETAIL_BANDS
 ) -> list[float]:
-    """The mean absolute detail over the centre of a 2-D film in each of `bands`."""
-    _, details = detail_bands(film.astype(np.float32), [sigma for sigma, _ in bands])
-    return [_central_amount(detail) for detail in details]
+    """The mean absolute detail over the centre of a 2-D film in each of `bands`.
+
+    Only the centre of each blur is computed, a third of the arithmetic of whole blurs:
+    `normalize_detail` measures every film this way at each refinement.
+    """
+    film = film.astype(np.float32)
+    rows, cols = _central_slices(film.shape)
+    blurs = [film[rows, cols]] + [gaussian_blur(film, sigma, rows, cols) for sigma, _ in bands]
+    return [float(np.mean(np.abs(finer - coarser))) for finer, coarser in itertools.pairwise(blurs)]
 
 
 def _central_amount(detail: np.ndarray) -> float:
@@ -202,14 +232,17 @@ def detail_bands(film: np.ndarray, sigmas: Sequence[float]) -> tuple[np.ndarray,
 
 def detail_amount(pixels: np.ndarray, sigma: float = DETAIL_SIGMA) -> float:
     """Mean absolute fine detail over the central half of a 2-D film (lungs, heart, spine)."""
-    film = pixels.astype(np.float32)
-    return float(np.mean(np.abs(central_half(film - gaussian_blur(film, sigma)))))
+    return band_amounts(pixels, [(sigma, DETAIL_LEVEL)])[0]
 
 
 def central_half(film: np.ndarray) -> np.ndarray:
     """The middle half of a 2-D film in each direction: no margins, labels or markers."""
-    height, width = film.shape
-    return film[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4]
+    return film[_central_slices(film.shape)]
+
+
+def _central_slices(shape: tuple[int, int]) -> tuple[slice, slice]:
+    height, width = shape
+    return slice(height // 4, 3 * height // 4), slice(width // 4, 3 * width // 4)
 
 
 def gaussian_taps(sigma: float) -> np.ndarray:
@@ -219,8 +252,11 @@ def gaussian_taps(sigma: float) -> np.ndarray:
     return (taps / taps.sum()).astype(np.float32)
 
 
-def gaussian_blur(film: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of a 2-D float array, edges mirrored.
+def gaussian_blur(
+    film: np.ndarray, sigma: float, rows: slice = slice(None), cols: slice = slice(None)
+) -> np.ndarray:
+    """Separable Gaussian blur of a 2-D float array, edges mirrored; only the `rows` and
+    `cols` of the result are computed.
 
     Each pass is one product with a banded matrix (`blur_matrix`). That does more
     arithmetic than sliding the taps along the film, but BLAS does it several times faster,
@@ -231,7 +267,8 @@ def gaussian_blur(film: np.ndarray, sigma: float) -> np.ndarray:
     threads or leave BLAS on one, which changes the speed, never the result.
     """
     with _BLAS.limit(limits=1, user_api="blas"):
-        return blur_matrix(film.shape[0], sigma) @ film @ blur_matrix(film.shape[1], sigma).T
+        down, across = blur_matrix(film.shape[0], sigma), blur_matrix(film.shape[1], sigma)
+        return down[rows] @ film @ across[cols].T
 
 
 @functools.lru_cache(maxsize=32)
@@ -326,6 +363,18 @@ def body_box(
         round(right * scale_x),
         round(bottom * scale_y),
     )
+
+
+def scale_box(
+    box: tuple[int, int, int, int], size: tuple[int, int], new_size: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """A box in the pixels of an image of `size`, in those of the same image at `new_size`
+    (at least one pixel wide and high)."""
+    if size == new_size:
+        return box
+    scale_x, scale_y = new_size[0] / size[0], new_size[1] / size[1]
+    left, top = round(box[0] * scale_x), round(box[1] * scale_y)
+    return left, top, max(round(box[2] * scale_x), left + 1), max(round(box[3] * scale_y), top + 1)
 
 
 def _otsu_threshold(pixels: np.ndarray) -> int:

@@ -62,8 +62,11 @@ def test_framed_arrays_are_preprocessed_after_framing_and_cached_apart(tmp_path)
     framing = RandomFraming(1.3, view=1)
     plain, _ = datasets.load_arrays(samples, preprocessing, tmp_path)
     framed, _ = datasets.load_arrays(samples, preprocessing, tmp_path, framing=framing)
+    # Framed at the dataset's scale, as the dataset's films were made, then preprocessed.
+    films = [preprocessing.source_film(s.path.read_bytes()) for s in samples]
+    assert all(min(film.size) == 256 for film in films)  # the samples are full-size
     expected = [
-        preprocessing(framing(Image.open(s.path).convert("L"), s.path.name)) for s in samples
+        preprocessing(framing(film, s.path.name)) for film, s in zip(films, samples, strict=True)
     ]
     assert np.array_equal(framed, np.stack(expected))
     assert not np.array_equal(plain, framed)

@@ -13,7 +13,7 @@ from PIL import Image
 from mlcore import data as datasets
 from mlcore.evaluate import evaluate
 from mlcore.inference import Predictor
-from mlcore.preprocess import preprocess_image
+from mlcore.preprocess import DATASET_SHORTER_SIDE, preprocess_image
 from mlcore.train import TrainConfig, train
 
 READINGS_FILE = "sample_readings.json"
@@ -57,6 +57,14 @@ def test_sample_readings_match_the_recorded_ones(predictor):
         expected = recorded["readings"][path.name]
         assert reading.label == expected["label"], path.name
         assert abs(reading.probability - expected["probability"]) < 1e-3, path.name
+
+
+def test_no_file_of_the_dataset_is_larger_than_the_datasets_scale(dataset_root):
+    """Larger films are shrunk to DATASET_SHORTER_SIDE before preprocessing; that must leave
+    every file of the dataset, and so every stored metric, as it was."""
+    sizes = [Image.open(path).size for path in dataset_root.glob("*/*/*.jpeg")]
+    assert len(sizes) == 5856
+    assert max(min(size) for size in sizes) <= DATASET_SHORTER_SIDE
 
 
 def test_shipped_model_reproduces_its_test_metrics(predictor, dataset_root, tmp_path):

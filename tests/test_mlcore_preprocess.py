@@ -25,6 +25,7 @@ from mlcore.preprocess import (
     gaussian_taps,
     normalize_detail,
     preprocess_image,
+    scale_box,
 )
 from mlcore.serialization import ModelMetadata, save_model_dir
 
@@ -254,7 +255,8 @@ def test_heatmap_of_a_cropping_model_stays_on_the_patient(tmp_path):
     film = film_with_margins()
     _, png = Predictor.load(tmp_path).predict_with_heatmap(film)
     overlay = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
-    left, top, right, bottom = preprocessing.with_box(film)[1]
+    box = preprocessing.with_box(film)[1]  # in the pixels of the film at the dataset's scale
+    left, top, right, bottom = scale_box(box, preprocessing.source_film(film).size, film.size)
     outside = np.ones(overlay.shape[:2], bool)
     outside[top:bottom, left:right] = False
     grey = (overlay[..., 0] == overlay[..., 1]) & (overlay[..., 1] == overlay[..., 2])
