@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from mlcore.evaluate import evaluate, summary_line  # noqa: E402
 from mlcore.inference import Predictor  # noqa: E402
+from mlcore.preprocess import DATASET_SHORTER_SIDE  # noqa: E402
 from mlcore.serialization import MODEL_FILE, TRAIN_REPORT, ModelMetadata  # noqa: E402
 from mlcore.train import LABEL_SMOOTHING  # noqa: E402
 
@@ -47,7 +48,9 @@ def percent(value: float) -> str:
 
 
 def input_steps(config: dict) -> str:
-    steps = []
+    steps = [
+        f"a film larger than the dataset's ({DATASET_SHORTER_SIDE} px shorter side) shrunk to it"
+    ]
     if config.get("crop_to_body"):
         steps.append("black margins around the patient cut off")
     steps.append("stretched to a square")
