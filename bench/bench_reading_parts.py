@@ -70,7 +70,7 @@ def main() -> None:
     else:
         normalisation = ("histogram equalisation", ImageOps.equalize)
     equalised = [np.asarray(normalisation[1](image), np.uint8) for image in framed]
-    inputs = [predictor.preprocess(film)[np.newaxis] for film in films]
+    inputs = [predictor.preprocess(blob)[np.newaxis] for blob in blobs]
     for part, function, items in (
         ("decoding the full-size JPEG at the dataset's scale", settings.source_film, blobs),
         ("framing: crop to the body (if the model does) and resize", settings.framed, sources),
@@ -97,10 +97,10 @@ def main() -> None:
         )
 
     gradcam, overlays = GradCam(predictor.model), []
-    for film in films:
+    for film, blob in zip(films, blobs, strict=True):
         base = film.copy()
         base.thumbnail((HEATMAP_MAX_SIDE, HEATMAP_MAX_SIDE), Image.Resampling.LANCZOS)
-        overlays.append((base, gradcam(predictor.preprocess(film))))
+        overlays.append((base, gradcam(predictor.preprocess(blob))))
     for image_format in ("PNG", "JPEG"):
         encode = lambda item, f=image_format: encode_overlay(*item, None, f)  # noqa: E731
         size_kb = np.mean([len(encode(item)) for item in overlays]) / 1000

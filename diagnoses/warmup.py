@@ -9,6 +9,7 @@ same load (the predictor cache is locked), never for a second one.
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -53,7 +54,7 @@ def warm_active_model() -> str | None:
         model_version = services.get_active_model_version()
         predictor = get_predictor(model_version)
         predictor.predict_with_heatmap(
-            synthetic_film(),
+            synthetic_upload(),
             max_side=services.HEATMAP_MAX_SIDE,
             image_format=services.HEATMAP_FORMAT,
         )
@@ -65,6 +66,14 @@ def warm_active_model() -> str | None:
         return None
     logger.info("warmed model %s in %.1f s", model_version.name, time.perf_counter() - started)
     return model_version.name
+
+
+def synthetic_upload() -> bytes:
+    """`synthetic_film` as the JPEG file a worker reads (large enough to be decoded at a
+    reduced scale)."""
+    buffer = io.BytesIO()
+    synthetic_film().save(buffer, "JPEG")
+    return buffer.getvalue()
 
 
 def synthetic_film(width: int = 640, height: int = 512) -> Image.Image:

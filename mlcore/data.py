@@ -21,7 +21,7 @@ from mlcore.preprocess import Preprocessing
 LABELS = ("NORMAL", "PNEUMONIA")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm"}
 STRETCHED_COPY_SIZE = (224, 224)
-CACHE_VERSION = "4"  # bump when preprocess_image changes
+CACHE_VERSION = "5"  # bump when preprocess_image changes
 DEFAULT_PREPROCESSING = Preprocessing()
 
 _PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)

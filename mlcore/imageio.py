@@ -7,7 +7,6 @@ is accepted or rejected for the same reason everywhere.
 from __future__ import annotations
 
 import io
-import math
 import warnings
 
 import numpy as np
@@ -44,8 +43,9 @@ def decode_image(
     """Decode a whole file into an 8-bit grayscale ('L') image, or raise ImageDecodeError.
 
     With `shorter_side`, a film whose shorter side is longer than that comes back shrunk to
-    it (`shrink_to_shorter_side`). A JPEG is then decoded at a reduced scale first, which is
-    several times faster than decoding every pixel of a full-size film.
+    it (`shrink_to_shorter_side`). A JPEG is then decoded at a reduced scale first: with the
+    shrink, several times faster than decoding every pixel of a full-size film and shrinking
+    that.
     """
     if not data:
         raise ImageDecodeError("The file is empty.")
@@ -83,9 +83,9 @@ def _decode_raster(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[kind])
             _check_pixel_count(image.width, image.height, max_pixels)
-            full_size, decoded_part = image.size, None
+            decoded_part = None
             if kind == "JPEG" and shorter_side is not None:
-                decoded_part = _decode_at_reduced_scale(image, shorter_side)
+                decoded_part = _request_reduced_scale(image, shorter_side)
             image.load()
     except ImageDecodeError:
         raise
@@ -100,44 +100,39 @@ def _decode_raster(
     image = to_grayscale_8bit(ImageOps.exif_transpose(image))
     if shorter_side is None:
         return image
-    if decoded_part is None:
-        return shrink_to_shorter_side(image, shorter_side)
-    return shrink_to_shorter_side(image, shorter_side, full_size, decoded_part)
+    return shrink_to_shorter_side(image, shorter_side, decoded_part)
 
 
-def _decode_at_reduced_scale(
+def _request_reduced_scale(
     image: Image.Image, shorter_side: int
 ) -> tuple[float, float, float, float] | None:
-    """Ask libjpeg to decode `image` at 1/2, 1/4 or 1/8 scale (the smallest that keeps
-    `shorter_side`), before it loads; the part of the reduced pixels the film covers, or None.
+    """Before `image` loads, ask libjpeg to decode it at the smallest of 1/2, 1/4 and 1/8
+    scale that keeps `shorter_side`; the part of the reduced pixels that the film covers,
+    or None where it is decoded whole.
 
-    The part is needed because libjpeg rounds a reduced side up: 1857 px at 1/4 decode to
-    465, of which 464.25 are the film. Films with an EXIF orientation are decoded whole,
-    so that the part never has to be turned with them.
+    A film with an EXIF orientation is decoded whole: the part would have to turn with it.
     """
     if min(image.size) < 2 * shorter_side or image.getexif().get(EXIF_ORIENTATION, 1) != 1:
         return None
-    scale = shorter_side / min(image.size)
-    drafted = image.draft(
-        image.mode, (math.ceil(image.width * scale), math.ceil(image.height * scale))
-    )
+    drafted = image.draft(image.mode, (shorter_side, shorter_side))
     return None if drafted is None else drafted[1]
 
 
 def shrink_to_shorter_side(
     image: Image.Image,
     shorter_side: int,
-    full_size: tuple[int, int] | None = None,
     part: tuple[float, float, float, float] | None = None,
 ) -> Image.Image:
     """`image` shrunk with LANCZOS so that its shorter side is `shorter_side` px, the aspect
     ratio kept; unchanged where that side is not longer.
 
-    For a film decoded at a reduced scale, `full_size` is the film's own size and `part` the
-    box of the decoded pixels that the film covers, so that the result has the size and the
-    pixel grid of the whole film shrunk.
+    `part` is the box of `image` that the film covers, for a film decoded at a reduced
+    scale: libjpeg rounds a reduced side up (1857 px at 1/4 decode to 465 pixels, of which
+    464.25 are the film). The result then has the size and the pixel grid of the whole
+    film shrunk.
     """
-    width, height = full_size or image.size
+    left, top, right, bottom = part or (0, 0, *image.size)
+    width, height = right - left, bottom - top
     if min(width, height) <= shorter_side:
         return image
     if width <= height:

@@ -34,7 +34,7 @@ def build_augmenter(
 
     No horizontal flip: a flipped chest film puts the heart on the wrong side, an anatomy
     the classifier never meets in practice. Blur, noise, contrast and brightness cover the
-    gap between the 224x224 re-encoded training copies and full-size uploads.
+    gap between the 224x224 re-encoded training copies and the originals.
     """
     centre = [RandomCentreBrightness(centre_brightness, seed=seed)] if centre_brightness else []
     detail = [RandomDetailGain(detail_gain, seed=seed)] if detail_gain else []

@@ -117,11 +117,11 @@ class Preprocessing:
         self, image: bytes | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS
     ) -> Image.Image:
         """The grayscale film at the dataset's scale: a film whose shorter side is above
-        DATASET_SHORTER_SIDE (or the input size, if larger) is shrunk to it, as every film
-        of the dataset was; smaller ones, which include every file of the dataset, are
-        left as they are. A JPEG given as bytes is decoded at a reduced scale first, so
-        its pixels differ a little (well under a grey level on average) from those of the
-        decoded film given as an image.
+        DATASET_SHORTER_SIDE is shrunk to it, as every film of the dataset was (a model
+        whose input is larger keeps its input size instead); smaller ones, which include
+        every file of the dataset, are left as they are. A JPEG given as bytes is decoded
+        at a reduced scale first, so its pixels differ a little (well under a grey level
+        on average) from those of the decoded film given as an image.
         """
         shorter_side = max(DATASET_SHORTER_SIDE, self.size)
         if isinstance(image, bytes | bytearray | memoryview):

@@ -12,7 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from mlcore.imageio import (
     ImageDecodeError,
-    _decode_at_reduced_scale,
+    _request_reduced_scale,
     decode_image,
     shrink_to_shorter_side,
     sniff_format,
@@ -134,15 +134,15 @@ def test_a_full_size_jpeg_decodes_at_the_datasets_scale_close_to_a_whole_decode(
 
 def test_only_a_large_unrotated_jpeg_is_decoded_at_a_reduced_scale():
     image = Image.open(SAMPLES / "NORMAL" / "IM-0001-0001.jpeg")  # 1857x1317
-    assert _decode_at_reduced_scale(image, 256) == (0, 0, 1857 / 4, 1317 / 4)
+    assert _request_reduced_scale(image, 256) == (0, 0, 1857 / 4, 1317 / 4)
     image.load()
     assert image.size == (465, 330)  # libjpeg rounds a reduced side up
     small = Image.open(io.BytesIO(encode(gradient(600, 500), "JPEG")))
-    assert _decode_at_reduced_scale(small, 256) is None
+    assert _request_reduced_scale(small, 256) is None
     exif = Image.Exif()
     exif[0x0112] = 6  # turn 90 degrees to show
     rotated = Image.open(io.BytesIO(encode(gradient(1200, 800), "JPEG", exif=exif)))
-    assert _decode_at_reduced_scale(rotated, 256) is None
+    assert _request_reduced_scale(rotated, 256) is None
 
 
 def test_a_rotated_jpeg_is_turned_then_shrunk():

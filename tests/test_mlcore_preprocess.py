@@ -257,11 +257,18 @@ def test_heatmap_of_a_cropping_model_stays_on_the_patient(tmp_path):
     overlay = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     box = preprocessing.with_box(film)[1]  # in the pixels of the film at the dataset's scale
     left, top, right, bottom = scale_box(box, preprocessing.source_film(film).size, film.size)
+    assert np.allclose((left, top, right, bottom), body_box(film), atol=3)
     outside = np.ones(overlay.shape[:2], bool)
     outside[top:bottom, left:right] = False
     grey = (overlay[..., 0] == overlay[..., 1]) & (overlay[..., 1] == overlay[..., 2])
     assert grey[outside].all()  # no heat drawn in the margins
     assert not grey[~outside].all()
+
+
+def test_a_box_is_scaled_with_its_image_and_keeps_at_least_a_pixel():
+    assert scale_box((10, 20, 30, 40), (100, 200), (50, 100)) == (5, 10, 15, 20)
+    assert scale_box((10, 20, 30, 40), (100, 200), (100, 200)) == (10, 20, 30, 40)
+    assert scale_box((10, 20, 11, 21), (1000, 1000), (100, 100)) == (1, 2, 2, 3)
 
 
 def test_fine_tuning_refuses_other_preprocessing_than_the_base_model(tmp_path):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from fixtures.casedata import NORMAL_SAMPLE, worker_env
+from PIL import Image
 
 from diagnoses import predictors
 from diagnoses.models import Case, Prediction
-from diagnoses.warmup import should_warm, synthetic_film, warm_active_model
+from diagnoses.warmup import should_warm, synthetic_film, synthetic_upload, warm_active_model
 from mlcore.preprocess import body_box
 
 pytest_plugins = ["fixtures.casekit"]
@@ -29,6 +32,8 @@ def test_only_workers_that_take_readings_warm_up(queues, enabled, expected):
 def test_the_synthetic_film_has_a_body_to_crop_to():
     film = synthetic_film()
     assert body_box(film) is not None and film.mode == "L"
+    upload = Image.open(io.BytesIO(synthetic_upload()))
+    assert upload.format == "JPEG" and upload.size == film.size
 
 
 def test_warm_up_without_an_active_model_does_nothing(db, caplog):
