@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import require_service
-from mlcore_support import DATASET, sample_files, shipped_model_dir
+from mlcore_support import DATASET, encode, sample_files, shipped_model_dir
 from PIL import Image
 
 from mlcore import data as datasets
@@ -204,3 +204,6 @@ def test_the_heatmap_path_reads_like_predict_and_can_encode_jpeg(predictor):
     assert overlay.format == "JPEG" and max(overlay.size) == 512
     with pytest.raises(ValueError, match="overlay format"):
         predictor.predict_with_heatmap(data, image_format="GIF")
+    png = encode(Image.open(io.BytesIO(data)), "PNG")  # read from its one whole decode
+    reading, _ = predictor.predict_with_heatmap(png, max_side=512, image_format="JPEG")
+    assert abs(reading.probability - predictor.predict(png).probability) < 1e-4
