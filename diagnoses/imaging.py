@@ -17,65 +17,75 @@ DISPLAY_JPEG_QUALITY = 92
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png"}  # of the images derived from uploads
 THUMBNAIL_MAX_SIDE = 160
 
-# DICOM attributes that identify a patient, a person or an institution (a practical
-# subset of the DICOM PS3.15 basic profile for plain radiographs).
-DICOM_PHI_KEYWORDS = (
+# What a de-identified DICOM keeps: the attributes needed to decode and window the image
+# and to say what kind of film it is. Everything else (names, IDs, dates, institutions,
+# free text, private tags, and whatever sits in sequences) is dropped, so an attribute
+# this list does not know can never leak.
+DICOM_KEPT_KEYWORDS = frozenset(
+    {
+        "SpecificCharacterSet",
+        "ImageType",
+        "SOPClassUID",
+        "Modality",
+        "ConversionType",
+        "PresentationIntentType",
+        "BodyPartExamined",
+        "ViewPosition",
+        "PatientOrientation",
+        "ImageLaterality",
+        "Laterality",
+        "BurnedInAnnotation",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "PlanarConfiguration",
+        "NumberOfFrames",
+        "Rows",
+        "Columns",
+        "PixelSpacing",
+        "ImagerPixelSpacing",
+        "PixelSpacingCalibrationType",
+        "PixelAspectRatio",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+        "SmallestImagePixelValue",
+        "LargestImagePixelValue",
+        "PixelPaddingValue",
+        "PixelPaddingRangeLimit",
+        "PixelIntensityRelationship",
+        "PixelIntensityRelationshipSign",
+        "RescaleIntercept",
+        "RescaleSlope",
+        "RescaleType",
+        "ModalityLUTSequence",
+        "WindowCenter",
+        "WindowWidth",
+        "VOILUTFunction",
+        "VOILUTSequence",
+        "LossyImageCompression",
+        "LossyImageCompressionRatio",
+        "LossyImageCompressionMethod",
+        "PixelData",
+        "FloatPixelData",
+        "DoubleFloatPixelData",
+    }
+)
+# Inside the kept LUT sequences, only the table itself (no free-text explanation).
+DICOM_KEPT_LUT_KEYWORDS = frozenset({"LUTDescriptor", "ModalityLUTType", "LUTData"})
+# UIDs can be looked up in the source PACS, so fresh ones stand in for them.
+DICOM_NEW_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+# Type 2 attributes of the patient and study modules: present, but empty.
+DICOM_EMPTY_KEYWORDS = (
     "PatientName",
     "PatientID",
     "PatientBirthDate",
-    "PatientBirthTime",
     "PatientSex",
-    "PatientAge",
-    "PatientSize",
-    "PatientWeight",
-    "PatientAddress",
-    "PatientTelephoneNumbers",
-    "PatientMotherBirthName",
-    "PatientComments",
-    "OtherPatientIDs",
-    "OtherPatientIDsSequence",
-    "OtherPatientNames",
-    "IssuerOfPatientID",
-    "MilitaryRank",
-    "EthnicGroup",
-    "Occupation",
-    "AdditionalPatientHistory",
-    "MedicalRecordLocator",
-    "AccessionNumber",
-    "StudyID",
     "StudyDate",
     "StudyTime",
-    "SeriesDate",
-    "SeriesTime",
-    "AcquisitionDate",
-    "AcquisitionTime",
-    "ContentDate",
-    "ContentTime",
-    "AcquisitionDateTime",
-    "InstitutionName",
-    "InstitutionAddress",
-    "InstitutionalDepartmentName",
-    "StationName",
     "ReferringPhysicianName",
-    "ReferringPhysicianAddress",
-    "ReferringPhysicianTelephoneNumbers",
-    "PerformingPhysicianName",
-    "NameOfPhysiciansReadingStudy",
-    "PhysiciansOfRecord",
-    "OperatorsName",
-    "RequestingPhysician",
-    "RequestAttributesSequence",
-    "DeviceSerialNumber",
-    "StudyDescription",
-    "SeriesDescription",
-    "ImageComments",
-)
-# UIDs can be looked up in the source PACS, so they are replaced with fresh ones.
-DICOM_UID_KEYWORDS = (
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-    "FrameOfReferenceUID",
+    "StudyID",
+    "AccessionNumber",
 )
 
 
@@ -137,32 +147,53 @@ def validate_bytes(data: bytes) -> ValidatedImage:
 
 
 def deidentify_dicom(data: bytes) -> bytes:
-    """Return a copy of a DICOM file without patient-identifying attributes.
+    """Return a copy of a DICOM file that keeps the image and nothing that identifies anyone.
 
     JPEG and PNG originals are kept byte-for-byte, but a DICOM header routinely carries
-    the patient's name, ID and birth date, which this site must not store (the user
-    identifies a case only by the reference they type). So the "original" kept for a
-    DICOM is this de-identified copy: pixel data and imaging attributes unchanged, PHI
-    attributes and all private tags removed, instance UIDs replaced.
+    the patient's name, ID and birth date, also nested in sequences, which this site must
+    not store (the user identifies a case only by the reference they type). So the
+    "original" kept for a DICOM is a new dataset holding only DICOM_KEPT_KEYWORDS, with
+    fresh UIDs. Text burnt into the pixels themselves is not removed.
     """
     import pydicom
+    from pydicom.dataset import FileMetaDataset
     from pydicom.uid import generate_uid
 
-    dataset = pydicom.dcmread(io.BytesIO(data))
-    dataset.remove_private_tags()
-    for keyword in DICOM_PHI_KEYWORDS:
-        if keyword in dataset:
-            delattr(dataset, keyword)
-    for keyword in DICOM_UID_KEYWORDS:
-        if keyword in dataset:
-            setattr(dataset, keyword, generate_uid())
-    if "SOPInstanceUID" in dataset and "MediaStorageSOPInstanceUID" in dataset.file_meta:
-        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-    dataset.PatientIdentityRemoved = "YES"
-    dataset.DeidentificationMethod = "pneumosite: PHI attributes and private tags removed"
+    source = pydicom.dcmread(io.BytesIO(data))
+    kept = _allowed_copy(source, DICOM_KEPT_KEYWORDS)
+    for keyword in DICOM_NEW_UID_KEYWORDS:
+        setattr(kept, keyword, generate_uid())
+    for keyword in DICOM_EMPTY_KEYWORDS:
+        setattr(kept, keyword, "")
+    kept.PatientIdentityRemoved = "YES"
+    kept.DeidentificationMethod = "pneumosite: image attributes kept, all others removed"
+    kept.file_meta = FileMetaDataset()
+    kept.file_meta.TransferSyntaxUID = source.file_meta.TransferSyntaxUID
+    kept.file_meta.MediaStorageSOPClassUID = source.get(
+        "SOPClassUID", source.file_meta.get("MediaStorageSOPClassUID")
+    )
+    kept.file_meta.MediaStorageSOPInstanceUID = kept.SOPInstanceUID
     out = io.BytesIO()
-    dataset.save_as(out, enforce_file_format=True)
+    kept.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+def _allowed_copy(source, keywords: frozenset[str]):
+    """A new dataset with the elements of `source` named in `keywords`; in a kept
+    sequence, each item keeps only the LUT attributes."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    kept = Dataset()
+    for element in source:
+        if element.keyword not in keywords:
+            continue
+        if element.VR == "SQ":
+            items = [_allowed_copy(item, DICOM_KEPT_LUT_KEYWORDS) for item in element.value]
+            kept.add_new(element.tag, "SQ", Sequence(items))
+        else:
+            kept.add(element)
+    return kept
 
 
 def _fit(image: Image.Image, max_side: int) -> Image.Image:

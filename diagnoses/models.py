@@ -15,7 +15,8 @@ from mlcore.serialization import ModelMetadata
 
 
 def _random_path(prefix: str, extension: str) -> str:
-    # Never derived from the user's filename: it may contain patient names.
+    # Never derived from the user's filename: it may contain patient names, and storage
+    # paths end up in logs and object-store listings.
     return f"{prefix}/{uuid.uuid4().hex}{extension}"
 
 

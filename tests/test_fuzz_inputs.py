@@ -139,9 +139,10 @@ def dicom_group_length(data: bytes, *, vr: bytes = b"UL", length: int = 4) -> by
     return data[: at + 4] + vr + struct.pack("<H", length) + data[at + 8 :]
 
 
-def dicom_meta_vr(data: bytes) -> bytes:
-    """Corrupt the VR of (0002,0003) MediaStorageSOPInstanceUID (UI -> TI): pixels still read."""
-    at = data.find(b"\x02\x00\x03\x00UI") + 4
+def dicom_header_vr(data: bytes) -> bytes:
+    """Corrupt the VR of (0008,0016) SOPClassUID (UI -> TI), an attribute de-identification
+    keeps: the pixels still read, but the header cannot be written again."""
+    at = data.find(b"\x08\x00\x16\x00UI") + 4
     assert at > 4
     return data[:at] + b"TI" + data[at + 2 :]
 
@@ -288,7 +289,7 @@ def test_mutated_inputs_are_accepted_or_rejected_cleanly(settings, reference_pre
         (dicom_field(SEEDS["dicom"], "Rows", 100), "cannot be decoded"),
         (truncate(SEEDS["jpeg"], 0.5), "damaged or incomplete"),
         (truncate(SEEDS["dicom"], 0.5), "DICOM"),
-        (dicom_meta_vr(SEEDS["dicom"]), "header is damaged and cannot be de-identified"),
+        (dicom_header_vr(SEEDS["dicom"]), "header is damaged and cannot be de-identified"),
     ],
     ids=[
         "png-100k",
@@ -299,7 +300,7 @@ def test_mutated_inputs_are_accepted_or_rejected_cleanly(settings, reference_pre
         "dicom-rows-mismatch",
         "jpeg-half",
         "dicom-half",
-        "dicom-meta-vr",  # found by the fuzz test: was a NotImplementedError (a 500)
+        "dicom-header-vr",  # a bad VR was a NotImplementedError (a 500), found by the fuzz test
     ],
 )
 def test_header_edits_are_rejected_with_the_reason(settings, data, message):
@@ -340,7 +341,7 @@ def test_upload_page_answers_mutated_files_with_a_message(staff_client, var_dir)
         ("bits.dcm", dicom_field(SEEDS["dicom"], "BitsAllocated", 3)),
         ("junk.png", insert(SEEDS["png"], 0.0, b"GARBAGE")),
         ("cut.dcm", truncate(SEEDS["dicom"], 0.2)),
-        ("meta.dcm", dicom_meta_vr(SEEDS["dicom"])),
+        ("header.dcm", dicom_header_vr(SEEDS["dicom"])),
     ]
     for name, data in files:
         before = Case.objects.count()

@@ -15,7 +15,21 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from fixtures.casedata import NORMAL_SAMPLE, PNEUMONIA_SAMPLE, dicom_bytes, png_bytes, stored_files
 from PIL import Image
 
+from diagnoses.imaging import (
+    DICOM_EMPTY_KEYWORDS,
+    DICOM_KEPT_KEYWORDS,
+    DICOM_NEW_UID_KEYWORDS,
+    deidentify_dicom,
+)
 from diagnoses.models import Case, ModelVersion, Prediction
+from mlcore.imageio import decode_image
+
+KEPT_OR_BLANKED_DICOM_KEYWORDS = (
+    DICOM_KEPT_KEYWORDS
+    | set(DICOM_NEW_UID_KEYWORDS)
+    | set(DICOM_EMPTY_KEYWORDS)
+    | {"PatientIdentityRemoved", "DeidentificationMethod"}
+)
 
 pytest_plugins = ["fixtures.casekit"]
 pytestmark = pytest.mark.django_db
@@ -241,12 +255,26 @@ def test_dicom_is_accepted_and_stored_de_identified(
     assert case.image_format == "DICOM" and (case.width, case.height) == (1260, 767)
 
     stored = case.original.read()
-    assert b"Doe^Jane" not in stored and b"MRN-123456" not in stored
-    assert b"General Hospital" not in stored and b"private vendor data" not in stored
+    for identifying in (
+        b"Doe^Jane",
+        b"MRN-123456",
+        b"19800101",
+        b"General Hospital",
+        b"House^Gregory",
+        b"Radiographer^Rita",
+        b"Maiden^Jane",
+        b"20240229",
+        b"bed 12",
+        b"private vendor data",
+    ):
+        assert identifying not in stored, identifying
     dataset = pydicom.dcmread(io.BytesIO(stored))
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "InstitutionName"):
-        assert keyword not in dataset
-    assert not any(element.tag.is_private for element in dataset)
+    source = pydicom.dcmread(io.BytesIO(data))
+    assert {element.keyword for element in dataset} <= KEPT_OR_BLANKED_DICOM_KEYWORDS
+    assert not any(element.VR == "PN" and element.value for element in dataset.iterall())
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        assert dataset[keyword].value != source[keyword].value
+    assert dataset.file_meta.MediaStorageSOPInstanceUID == dataset.SOPInstanceUID
     assert dataset.PatientIdentityRemoved == "YES"
     assert case.sha256 == hashlib.sha256(stored).hexdigest()
 
@@ -255,6 +283,30 @@ def test_dicom_is_accepted_and_stored_de_identified(
     display = Image.open(case.display_image)
     assert display.format == "PNG"  # a DICOM is shown losslessly
     assert np.abs(source - np.asarray(display.convert("L"), dtype=float)).mean() < 2
+
+
+def test_dicom_lookup_tables_survive_de_identification_without_their_text():
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    dataset = pydicom.dcmread(io.BytesIO(dicom_bytes(max_side=300)))
+    lut = Dataset()
+    lut.LUTDescriptor = [4096, 0, 8]
+    lut.add_new("LUTData", "US", [min(value // 8, 255) for value in range(4096)])
+    lut.LUTExplanation = "Preset of Dr Jane Smith"
+    dataset.VOILUTSequence = [lut]
+    dataset.WindowCenterWidthExplanation = "Preset of Dr Jane Smith"
+    source = io.BytesIO()
+    dataset.save_as(source, enforce_file_format=True)
+
+    kept = deidentify_dicom(source.getvalue())
+
+    assert b"Jane Smith" not in kept
+    assert pydicom.dcmread(io.BytesIO(kept)).VOILUTSequence[0].LUTDescriptor == [4096, 0, 8]
+    assert np.array_equal(
+        np.asarray(decode_image(kept, max_pixels=10**7)),
+        np.asarray(decode_image(source.getvalue(), max_pixels=10**7)),
+    )
 
 
 def test_upload_without_active_model_stores_nothing(staff_client, media_dir):
