@@ -613,6 +613,7 @@ class RetrainingJobAdmin(admin.ModelAdmin):
         "result_link",
         "error_message",
         "celery_task_id",
+        "attempts",
         "log_display",
     )
     readonly_fields = fields

@@ -271,6 +271,8 @@ class RetrainingJob(models.Model):
     )
     cancel_requested = models.BooleanField(default=False)
     celery_task_id = models.CharField(max_length=64, blank=True)
+    # Deliveries that claimed the job: more than one means its worker was lost mid-run.
+    attempts = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     # Written every few seconds by the running job; a stale one means its worker died.

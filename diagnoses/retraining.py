@@ -22,7 +22,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from diagnoses import selectors_staff, services
@@ -46,6 +46,10 @@ CANCEL_POLL_SECONDS = 2.0  # should_stop asks the database at most this often
 PROGRESS_SAVE_SECONDS = 2.0  # log lines are written at most this often (epochs always)
 HEARTBEAT_SECONDS = 10.0  # heartbeat_at is written at most this often while a job runs
 LOG_TAIL_LINES = 200
+# A killed worker process (out of memory, say) puts the job's message straight back on the
+# queue; one more run is allowed (a restarted worker), then the job fails instead of
+# restarting for ever and blocking every other job.
+MAX_RETRAINING_ATTEMPTS = 2
 # Files written by mlcore.train / mlcore.evaluate that are kept in storage.
 EXPORT_EXTENSIONS = {"JPEG": ".jpeg", "PNG": ".png", "DICOM": ".dcm"}
 
@@ -207,18 +211,33 @@ def activate_version(*, model_version: ModelVersion, user) -> ModelVersion:
 # Running a job (called by tasks.run_retraining, or manage.py retrain)
 # --------------------------------------------------------------------------------------
 def claim_job(*, job_id: int, task_id: str) -> RetrainingJob | None:
-    """Mark a queued job running for this delivery (or re-claim it on redelivery)."""
+    """Mark a queued job running for this delivery (or re-claim it on redelivery, at most
+    MAX_RETRAINING_ATTEMPTS deliveries in all)."""
     now = timezone.now()
+    attempt = {"started_at": now, "heartbeat_at": now, "attempts": F("attempts") + 1}
     claimed = RetrainingJob.objects.filter(
         pk=job_id, status=Status.QUEUED, cancel_requested=False
-    ).update(status=Status.RUNNING, started_at=now, heartbeat_at=now, celery_task_id=task_id)
+    ).update(status=Status.RUNNING, celery_task_id=task_id, **attempt)
     if not claimed:
         claimed = RetrainingJob.objects.filter(
             pk=job_id, status=Status.RUNNING, celery_task_id=task_id
-        ).update(started_at=now, heartbeat_at=now)
+        ).update(**attempt)
     if not claimed:
         return None
-    return RetrainingJob.objects.select_related("base_version").get(pk=job_id)
+    job = RetrainingJob.objects.select_related("base_version").get(pk=job_id)
+    if job.attempts > MAX_RETRAINING_ATTEMPTS:
+        RetrainingJob.objects.filter(pk=job_id, status=Status.RUNNING).update(
+            status=Status.FAILED,
+            error_message=(
+                f"The job was started {job.attempts} times and its worker stopped each time "
+                "(killed, e.g. for lack of memory); giving up. No model version was "
+                "registered."
+            ),
+            finished_at=now,
+        )
+        logger.warning("retraining job %s lost its worker %s times: failed", job_id, job.attempts)
+        return None
+    return job
 
 
 class JobReporter:

@@ -161,6 +161,21 @@ def test_a_redelivered_task_reclaims_its_own_running_job_only(reviewer, fake_ver
     assert retraining.claim_job(job_id=job.pk, task_id="t1") is not None
 
 
+def test_a_job_whose_worker_keeps_dying_fails_instead_of_restarting_for_ever(
+    reviewer, fake_version
+):
+    job = retraining.request_retraining(user=reviewer, enqueue=False)
+    for _ in range(retraining.MAX_RETRAINING_ATTEMPTS):
+        assert retraining.claim_job(job_id=job.pk, task_id="t1") is not None
+    # The next redelivery of the same message (its process was killed again) gives up.
+    assert retraining.claim_job(job_id=job.pk, task_id="t1") is None
+    job.refresh_from_db()
+    assert job.status == "failed" and job.finished_at is not None
+    assert "worker stopped each time" in job.error_message
+    # ...and no longer blocks the next job.
+    assert retraining.request_retraining(user=reviewer, enqueue=False).status == "queued"
+
+
 # --------------------------------------------------------------------------------------
 # Running with mlcore replaced by fakes (fast); the real thing is in the worker tests
 # --------------------------------------------------------------------------------------
