@@ -177,22 +177,25 @@ SLOW_RESEND = timedelta(hours=1)
 def requeue_stale_predictions(*, older_than: timedelta) -> list[int]:
     """Re-send predictions whose message may be lost; returns their ids.
 
-    Queued ones not sent (or last sent) more than `older_than` ago (hourly after
-    FREQUENT_SENDS sends), and running ones started longer ago than the task's hard time
-    limit (their worker died; the filesystem broker does not redeliver).
-    run_prediction is idempotent, so a duplicate message is harmless.
+    Queued ones not sent (or last sent) more than `older_than` ago, and running ones
+    started longer ago than the task's hard time limit (their worker died; the filesystem
+    broker does not redeliver). Either kind is re-sent at most every `older_than`, and
+    hourly after FREQUENT_SENDS sends. run_prediction is idempotent, so a duplicate
+    message is harmless.
     """
     now = timezone.now()
     cutoff = now - older_than
     dead_cutoff = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
-    queued_stale = Q(last_sent_at__isnull=True, queued_at__lt=cutoff) | Q(
-        last_sent_at__lt=cutoff, send_count__lt=FREQUENT_SENDS
+    resend_due = Q(last_sent_at__lt=cutoff, send_count__lt=FREQUENT_SENDS) | Q(
+        last_sent_at__lt=now - SLOW_RESEND
     )
-    queued_stale |= Q(last_sent_at__lt=now - SLOW_RESEND)
-    stale = Prediction.objects.filter(
-        Q(status=Prediction.Status.QUEUED) & queued_stale
-        | Q(status=Prediction.Status.RUNNING, started_at__lt=dead_cutoff)
-    ).values_list("pk", flat=True)
+    queued_stale = Q(status=Prediction.Status.QUEUED) & (
+        Q(last_sent_at__isnull=True, queued_at__lt=cutoff) | resend_due
+    )
+    running_stale = Q(status=Prediction.Status.RUNNING, started_at__lt=dead_cutoff) & (
+        Q(last_sent_at__isnull=True) | resend_due
+    )
+    stale = Prediction.objects.filter(queued_stale | running_stale).values_list("pk", flat=True)
     sent = [pk for pk in stale if send_prediction_task(pk)]
     if sent:
         logger.info("requeued %d stale predictions: %s", len(sent), sent)

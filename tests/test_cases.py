@@ -453,6 +453,27 @@ def test_requeue_slows_down_after_a_few_sends(
     assert services.requeue_stale_predictions(older_than=timedelta(minutes=1)) == [prediction.pk]
 
 
+def test_a_dead_running_prediction_is_resent_at_the_same_pace_as_a_queued_one(
+    active_model, staff_user, filesystem_broker, celery_app_broker
+):
+    """Its worker died mid-run and none is up: one message per sweep would pile up."""
+    celery_app_broker(filesystem_broker)
+    prediction = make_case(staff_user).predictions.get()
+    long_ago = timezone.now() - timedelta(hours=3)
+    Prediction.objects.filter(pk=prediction.pk).update(
+        status=Prediction.Status.RUNNING, started_at=long_ago, last_sent_at=long_ago
+    )
+    assert services.requeue_stale_predictions(older_than=timedelta(minutes=1)) == [prediction.pk]
+    # The next sweep, a minute later: just re-sent, so not again.
+    assert services.requeue_stale_predictions(older_than=timedelta(minutes=1)) == []
+    Prediction.objects.filter(pk=prediction.pk).update(
+        last_sent_at=timezone.now() - timedelta(minutes=10), send_count=services.FREQUENT_SENDS
+    )
+    assert services.requeue_stale_predictions(older_than=timedelta(minutes=1)) == []
+    Prediction.objects.filter(pk=prediction.pk).update(last_sent_at=long_ago)
+    assert services.requeue_stale_predictions(older_than=timedelta(minutes=1)) == [prediction.pk]
+
+
 def test_a_prediction_that_keeps_killing_its_worker_is_given_up(active_model, staff_user):
     prediction = make_case(staff_user).predictions.get()
     for _ in range(services.MAX_PREDICTION_ATTEMPTS):
