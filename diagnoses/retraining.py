@@ -374,6 +374,10 @@ def run_job(*, job_id: int, task_id: str) -> str:
         status, message = Status.CANCELLED, "Cancelled; no model version was registered."
     except SoftTimeLimitExceeded:
         status, message = Status.FAILED, "The job ran past its time limit and was stopped."
+    except KeyboardInterrupt:  # Ctrl-C in `manage.py retrain`: end the job, then stop
+        shutil.rmtree(workdir, ignore_errors=True)
+        reporter.finish(Status.CANCELLED, "Interrupted; no model version was registered.")
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure ends the job as failed
         logger.exception("retraining job %s failed", job.pk)
         status, message = Status.FAILED, f"{type(exc).__name__}: {exc}"

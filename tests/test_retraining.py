@@ -350,6 +350,29 @@ def test_a_failing_job_registers_nothing_and_cleans_up(reviewer, fake_version, s
     assert retraining.request_retraining(user=reviewer, enqueue=False).status == "queued"
 
 
+def test_ctrl_c_cancels_the_job_cleans_up_and_still_stops(reviewer, fake_version, staff_var):
+    job = retraining.request_retraining(user=reviewer, enqueue=False)
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_with(FakeMlcore(after_train=ctrl_c), job)
+    job.refresh_from_db()
+    assert job.status == "cancelled" and "Interrupted" in job.error_message
+    assert not list((staff_var / "retraining").iterdir())
+    assert retraining.request_retraining(user=reviewer, enqueue=False).status == "queued"
+
+
+def test_the_retrain_command_refuses_a_user_who_is_not_staff(django_user_model):
+    from django.core.management import CommandError, call_command
+
+    django_user_model.objects.create_user("clerk", password="x")
+    with pytest.raises(CommandError, match="Only staff"):
+        call_command("retrain", "--user", "clerk")
+    assert not RetrainingJob.objects.exists()
+
+
 def test_a_registration_failure_leaves_no_version_and_no_files(
     reviewer, fake_version, reviewed_cases, staff_var
 ):

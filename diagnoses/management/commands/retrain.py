@@ -3,6 +3,7 @@ import uuid
 from datetime import date
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError
 
 from diagnoses import retraining
@@ -41,7 +42,7 @@ class Command(BaseCommand):
                 },
                 enqueue=False,
             )
-        except (retraining.RetrainingRefused, PermissionError) as exc:
+        except (retraining.RetrainingRefused, PermissionDenied) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Job {job.pk}: {job.mode}, {job.epochs} epoch(s)")
         started = time.monotonic()
