@@ -35,10 +35,11 @@ logger = logging.getLogger(__name__)
 Mode = RetrainingJob.Mode
 Status = RetrainingJob.Status
 
-# Defaults per mode: the fine-tune recipe finishes in minutes on 2 CPU cores (BENCHMARKS.md).
+# Defaults per mode: the fine-tune recipe finishes in minutes on 2 CPU cores (BENCHMARKS.md);
+# from scratch, the shipped model's recipe (mlcore.train.SHIPPED_RECIPE).
 MODE_DEFAULTS = {
     Mode.FINE_TUNE: {"epochs": 3, "learning_rate": 3e-4},
-    Mode.SCRATCH: {"epochs": 40, "learning_rate": 2e-3},
+    Mode.SCRATCH: {"epochs": 12, "learning_rate": 2e-3},  # SHIPPED_RECIPE's epochs
 }
 MAX_EPOCHS = 200
 OPTION_TYPES = {"learning_rate": float, "limit_per_class": int, "seed": int}
@@ -400,7 +401,7 @@ def _train_evaluate_register(
 ) -> ModelVersion:
     from diagnoses.predictors import ensure_local_model_dir
     from mlcore.evaluate import evaluate, summary_line
-    from mlcore.train import TrainConfig, train
+    from mlcore.train import SHIPPED_RECIPE, TrainConfig, train
 
     data_root = Path(settings.PNEUMOSITE_DATA_DIR)
     cache_dir = Path(settings.VAR_DIR) / "cache"
@@ -411,17 +412,21 @@ def _train_evaluate_register(
     )
     reporter.log(f"{len(case_ids)} reviewed case(s) added to the training data")
 
-    config_kwargs = {}
     if job.mode == Mode.FINE_TUNE:
+        # The inputs its base was trained on, and no framing views: they would decode the
+        # training set a second time within the job's time budget.
         base = job.base_version
         if base is None:
             raise RuntimeError("The model version to fine-tune no longer exists.")
-        config_kwargs.update(
+        config_kwargs = dict(
             init_model=ensure_local_model_dir(base),
             max_seconds=settings.PNEUMOSITE_FINE_TUNE_TIME_BUDGET or None,
             **base.metadata().preprocessing.as_settings(),
         )
         reporter.log(f"fine-tuning {base.name}")
+    else:  # the shipped model's recipe, learning from labels (no teacher)
+        config_kwargs = {key: value for key, value in SHIPPED_RECIPE.items() if key != "epochs"}
+        reporter.log("training a new network with the shipped model's recipe")
     name = f"{'ft' if job.mode == Mode.FINE_TUNE else 'scratch'}-job{job.pk}-" + (
         timezone.now().strftime("%Y%m%d-%H%M%S")
     )

@@ -43,7 +43,7 @@ def test_request_creates_a_queued_fine_tune_job_with_defaults(reviewer, fake_ver
     scratch = RetrainingJob.objects.filter(pk=job.pk)
     scratch.update(status="failed")
     job2 = retraining.request_retraining(user=reviewer, mode="scratch", enqueue=False)
-    assert (job2.epochs, job2.base_version) == (40, None)
+    assert (job2.epochs, job2.base_version) == (12, None)
 
 
 def test_a_second_request_is_refused_while_one_is_queued_or_running(reviewer, fake_version):
@@ -332,6 +332,22 @@ def test_scratch_jobs_and_a_budget_of_zero_have_no_time_budget(
     job.refresh_from_db()
     assert fake.configs[0].max_seconds is None
     assert "stopped after" not in job.log_tail
+
+
+def test_a_scratch_job_trains_the_shipped_recipe_on_labels(reviewer, fake_version, staff_var):
+    job = retraining.request_retraining(user=reviewer, mode="scratch", enqueue=False)
+    fake = FakeMlcore()
+
+    assert run_with(fake, job) == "succeeded"
+
+    from mlcore.train import SHIPPED_RECIPE
+
+    config = fake.configs[0]
+    assert config.epochs == SHIPPED_RECIPE["epochs"] == 12
+    assert config.init_model is None and config.teacher is None
+    assert (config.width, config.framing_views, config.max_framing_zoom) == (32, 1, 1.15)
+    assert (config.crop_to_body, config.normalize_detail, config.detail_bands) == (True, True, 3)
+    assert config.detail_gain == 2.0
 
 
 def test_a_failing_job_registers_nothing_and_cleans_up(reviewer, fake_version, staff_var):

@@ -21,7 +21,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--mode", choices=RetrainingJob.Mode.values, default=RetrainingJob.Mode.FINE_TUNE
         )
-        parser.add_argument("--epochs", type=int, help="default: 3 fine-tune, 40 scratch")
+        parser.add_argument("--epochs", type=int, help="default: 3 fine-tune, 12 scratch")
         parser.add_argument("--since", type=date.fromisoformat, help="reviews since YYYY-MM-DD")
         parser.add_argument("--learning-rate", type=float)
         parser.add_argument("--limit-per-class", type=int, help="small subsets (smoke runs)")
