@@ -10,6 +10,7 @@ staff member activates it (activate_version).
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import threading
@@ -410,6 +411,9 @@ def _train_evaluate_register(
     extra_samples, case_ids = export_reviewed_cases(
         since=job.reviewed_since, folder=workdir / "reviewed", log=reporter.log
     )
+    extra_samples, case_ids = leave_out_test_films(
+        extra_samples, case_ids, data_root=data_root, log=reporter.log
+    )
     reporter.log(f"{len(case_ids)} reviewed case(s) added to the training data")
 
     if job.mode == Mode.FINE_TUNE:
@@ -492,6 +496,39 @@ def export_reviewed_cases(
         samples.append((str(target), int(case.current_verdict == Review.Verdict.PNEUMONIA)))
         case_ids.append(case.pk)
     return samples, case_ids
+
+
+def leave_out_test_films(
+    samples: list[tuple[str, int]], case_ids: list[int], *, data_root: Path, log=logger.info
+) -> tuple[list[tuple[str, int]], list[int]]:
+    """Drop the reviewed films that are films of the test split (the new version is
+    evaluated there), however they were resized or re-encoded (mlcore.duplicates)."""
+    from mlcore.duplicates import SAME_FILM, closest, fingerprints
+
+    if not samples:
+        return samples, case_ids
+    test_paths, test_prints = _test_split_fingerprints(str(data_root))
+    best, similarity = closest(fingerprints(path for path, _ in samples), test_prints)
+    kept_samples, kept_ids = [], []
+    for sample, case_id, index, score in zip(samples, case_ids, best, similarity, strict=True):
+        if score >= SAME_FILM:
+            log(
+                f"case {case_id} left out: it is test/{test_paths[index].name} "
+                f"(similarity {score:.4f}), and the new version is evaluated on test/"
+            )
+            continue
+        kept_samples.append(sample)
+        kept_ids.append(case_id)
+    return kept_samples, kept_ids
+
+
+@functools.lru_cache(maxsize=2)
+def _test_split_fingerprints(data_root: str):
+    from mlcore import data as datasets
+    from mlcore.duplicates import fingerprints
+
+    paths = [sample.path for sample in datasets.list_split(data_root, "test")]
+    return paths, fingerprints(paths)
 
 
 def register_retrained_version(

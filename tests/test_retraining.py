@@ -15,7 +15,7 @@ import pytest
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from fixtures.staffdata import PNEUMONIA_SAMPLES, make_case
+from fixtures.staffdata import PNEUMONIA_SAMPLES, TRAIN_NORMAL, TRAIN_PNEUMONIA, make_case
 
 from diagnoses import retraining, reviews, services
 from diagnoses.models import ModelVersion, RetrainingJob
@@ -258,9 +258,9 @@ def run_with(fake: FakeMlcore, job) -> str:
 
 @pytest.fixture
 def reviewed_cases(reviewer, fake_version):
-    normal = make_case(reviewer)
+    normal = make_case(reviewer, TRAIN_NORMAL)
     reviews.record_review(case=normal, reviewer=reviewer, verdict="normal")
-    pneumonia = make_case(reviewer, PNEUMONIA_SAMPLES[0])
+    pneumonia = make_case(reviewer, TRAIN_PNEUMONIA)
     reviews.record_review(case=pneumonia, reviewer=reviewer, verdict="pneumonia")
     unusable = make_case(reviewer)
     reviews.record_review(case=unusable, reviewer=reviewer, verdict="unusable")
@@ -301,6 +301,24 @@ def test_a_job_registers_an_inactive_version_with_metrics_plots_and_cases(
     assert [h["epoch"] for h in job.progress["history"]] == [1, 2]
     assert "fake training done" in job.log_tail and "epoch 2/2" in job.log_tail
     assert not list((staff_var / "retraining").iterdir())
+
+
+def test_a_reviewed_film_of_the_test_split_is_left_out_of_training(
+    reviewer, fake_version, reviewed_cases, staff_var
+):
+    """The full-size samples are test/ films: trained on, they would inflate the new
+    version's test metrics."""
+    test_film = make_case(reviewer, PNEUMONIA_SAMPLES[0])
+    reviews.record_review(case=test_film, reviewer=reviewer, verdict="pneumonia")
+    job = retraining.request_retraining(user=reviewer, enqueue=False)
+    fake = FakeMlcore()
+
+    assert run_with(fake, job) == "succeeded"
+
+    job.refresh_from_db()
+    assert set(job.result.trained_on_cases.all()) == set(reviewed_cases)
+    assert len(fake.configs[0].extra_samples) == 2
+    assert f"case {test_film.pk} left out: it is test/{PNEUMONIA_SAMPLES[0].name}" in job.log_tail
 
 
 def test_a_fine_tune_job_trains_within_the_time_budget_and_says_when_it_stopped_early(

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 from conftest import wait_for
-from fixtures.staffdata import NORMAL_SAMPLES, PNEUMONIA_SAMPLES, make_case, worker_env
+from fixtures.staffdata import (
+    NORMAL_SAMPLES,
+    PNEUMONIA_SAMPLES,
+    TRAIN_NORMAL,
+    TRAIN_PNEUMONIA,
+    make_case,
+    worker_env,
+)
 
 from diagnoses import retraining, reviews, services
 from diagnoses.models import ModelVersion, Prediction, RetrainingJob
@@ -41,8 +48,8 @@ def test_a_retraining_job_registers_an_inactive_version_and_activation_switches_
     celery_worker_factory, filesystem_broker, staff_var, reviewer, real_version
 ):
     inference, training = start_workers(celery_worker_factory, filesystem_broker, staff_var)
-    normal = make_case(reviewer, NORMAL_SAMPLES[0])
-    pneumonia = make_case(reviewer, PNEUMONIA_SAMPLES[0])
+    normal = make_case(reviewer, TRAIN_NORMAL)
+    pneumonia = make_case(reviewer, TRAIN_PNEUMONIA)
     unusable = make_case(reviewer, NORMAL_SAMPLES[1])
     for case, verdict in ((normal, "normal"), (pneumonia, "pneumonia"), (unusable, "unusable")):
         reviews.record_review(case=case, reviewer=reviewer, verdict=verdict)
