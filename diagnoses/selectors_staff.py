@@ -238,6 +238,10 @@ COMPARED_METRICS = (
     ("threshold", "Threshold"),
     ("n", "Test images"),
 )
+# The validation carve is where a version is chosen; the test split only reports it.
+VALIDATION_METRICS = tuple(
+    (key, "Validation images" if key == "n" else label) for key, label in COMPARED_METRICS
+)
 COMPARED_PLOTS = (
     ("test_roc", "ROC, test split"),
     ("test_confusion", "Confusion matrix, test split"),
@@ -247,21 +251,21 @@ COMPARED_PLOTS = (
 
 
 def version_comparison(model_version: ModelVersion) -> dict:
-    """`model_version` next to the active version: test metrics, confusion matrices, plots.
+    """`model_version` next to the active version: validation and test metrics, confusion
+    matrices, plots.
 
     {"active": ModelVersion | None, "versions": [this, active?],
-     "rows": [{"label", "values": [one per version]}],
+     "validation_rows", "rows": [{"label", "values": [one per version]}],
      "matrices": [[[tn, fp], [fn, tp]] | None, one per version],
      "plot_rows": [{"label", "cells": [(version, kind | None), one per version]}]}
     """
     active = model_versions_for_comparison(model_version)
     versions = [model_version] + ([active] if active else [])
     metrics = [summary_metrics(version) for version in versions]
-    rows = [
-        {"label": label, "values": [_format_metric(key, m.get(key)) for m in metrics]}
-        for key, label in COMPARED_METRICS
-        if any(m.get(key) is not None for m in metrics)
-    ]
+    rows = _metric_rows(metrics, COMPARED_METRICS)
+    validation_rows = _metric_rows(
+        [version.validation_metrics or {} for version in versions], VALIDATION_METRICS
+    )
     plot_rows = [
         {
             "label": label,
@@ -275,10 +279,19 @@ def version_comparison(model_version: ModelVersion) -> dict:
     return {
         "active": active,
         "versions": versions,
+        "validation_rows": validation_rows,
         "rows": rows,
         "matrices": [(m.get("confusion_matrix") or {}).get("values") for m in metrics],
         "plot_rows": plot_rows,
     }
+
+
+def _metric_rows(metrics: list[dict], compared: tuple[tuple[str, str], ...]) -> list[dict]:
+    return [
+        {"label": label, "values": [_format_metric(key, m.get(key)) for m in metrics]}
+        for key, label in compared
+        if any(m.get(key) is not None for m in metrics)
+    ]
 
 
 def _format_metric(key: str, value) -> str:

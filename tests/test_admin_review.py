@@ -299,7 +299,12 @@ def test_model_version_page_compares_with_the_active_one_and_activates(
     from django.core.files.storage import default_storage
 
     plot = default_storage.save("models/new/test_roc.png", ContentFile(b"\x89PNG fake"))
-    new = make_version("ft-job1", test_metrics=TEST_METRICS, plots={"test_roc": plot})
+    new = make_version(
+        "ft-job1",
+        test_metrics=TEST_METRICS,
+        validation_metrics={"accuracy": 0.9634, "auc": 0.99581, "n": 246},
+        plots={"test_roc": plot},
+    )
     ModelVersion.objects.filter(pk=fake_version.pk).update(
         test_metrics={
             **TEST_METRICS,
@@ -311,6 +316,10 @@ def test_model_version_page_compares_with_the_active_one_and_activates(
 
     body = reviewer_client.get(url).content.decode()
     assert "Side by side with the active version" in body
+    validation, test = body.split("<th>Test split</th>")
+    assert "<th>Validation carve</th>" in validation
+    assert "96.3%" in validation and "0.9958" in validation and "<td>246</td>" in validation
+    assert "96.3%" not in test
     assert "91.0%" in body and "88.0%" in body and "0.9700" in body
     assert "<td>187</td>" in body and "<td>386</td>" in body and "<td>4</td>" in body
     plot_url = f"/admin/diagnoses/modelversion/{new.pk}/plot/test_roc/"
