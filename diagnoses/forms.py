@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 
+from diagnoses.imaging import human_size
 from diagnoses.models import Prediction
 from diagnoses.selectors import CaseFilters
 
@@ -36,6 +38,15 @@ class UploadForm(forms.Form):
         max_length=100, required=False, help_text="Optional; applies to every file of this upload."
     )
     note = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        max_files = settings.DATA_UPLOAD_MAX_NUMBER_FILES
+        self.fields["files"].help_text = (
+            f"Up to {max_files} files at once, each at most "
+            f"{human_size(settings.PNEUMOSITE_MAX_UPLOAD_BYTES)}."
+        )
+        self.fields["files"].widget.attrs["data-max-files"] = max_files
 
 
 class HistoryFilterForm(forms.Form):

@@ -3,6 +3,8 @@ from django.urls import include, path
 
 from pneumosite.health import healthz
 
+handler400 = "pneumosite.errors.bad_request"
+
 # Media files (X-ray uploads) are deliberately not served publicly here; views that
 # expose them must check permissions.
 urlpatterns = [

@@ -313,8 +313,18 @@ def test_browser_upload_reading_history_review_and_rejection(tmp_path, django_us
         page.goto(base + "/?reviewed=yes")
         assert set(history_rows(page)) == {corrected_id}
 
-        # 5. A text file renamed .jpg is rejected and creates no case. -------------------
+        # 5. Over the file limit, the page says so and will not send the batch; -------
+        #    a text file renamed .jpg is rejected and creates no case.
         page.goto(base + "/upload/")
+        limit = int(page.get_attribute("input[type=file][name=files]", "data-max-files"))
+        too_many = [
+            {"name": f"x{i}.png", "mimeType": "image/png", "buffer": b"x"} for i in range(limit + 1)
+        ]
+        page.set_input_files("input[type=file][name=files]", too_many)
+        expect(page.locator("#drop-count")).to_have_text(
+            f"{limit + 1} files selected: at most {limit} can be sent at once."
+        )
+        expect(page.locator("form.upload-form button[type=submit]")).to_be_disabled()
         page.set_input_files(
             "input[type=file][name=files]",
             {"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"just some text\n" * 20},

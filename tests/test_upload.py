@@ -233,6 +233,31 @@ def test_file_over_the_size_limit_is_rejected(
     assert len(stored_files(media_dir)) == len(files_before) + 3
 
 
+def test_the_upload_page_states_the_limits(staff_client, model_version, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 3
+    body = staff_client.get("/upload/").content.decode()
+    assert "Up to 3 files at once, each at most" in body
+    assert 'data-max-files="3"' in body
+
+
+def test_too_many_files_get_a_reason_and_store_nothing(
+    staff_client, model_version, media_dir, settings
+):
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 2
+    before = stored_files(media_dir)
+    files = [SimpleUploadedFile(f"x{i}.png", png_bytes()) for i in range(3)]
+    response = staff_client.post("/upload/", {"files": files})
+    assert response.status_code == 400
+    assert "At most 2 files can be uploaded at once" in response.content.decode()
+    assert not Case.objects.exists() and stored_files(media_dir) == before
+
+
+def test_an_unknown_case_gets_the_site_not_found_page(staff_client):
+    response = staff_client.get("/cases/999999/")
+    assert response.status_code == 404
+    assert "There is no such page or case" in response.content.decode()
+
+
 def test_pixel_limit_comes_from_settings(staff_client, model_version, settings):
     settings.PNEUMOSITE_MAX_PIXELS = 100_000
     response = upload(staff_client, sample_file())

@@ -4,7 +4,18 @@
   const input = zone && zone.querySelector("input[type=file]");
   const count = document.getElementById("drop-count");
   if (!input) return;
-  const show = () => { count.textContent = input.files.length ? input.files.length + " file(s) selected" : ""; };
+  const submit = input.form.querySelector("button[type=submit]");
+  const maxFiles = Number(input.dataset.maxFiles) || Infinity;
+  // The server refuses a batch over the limit whole; say so before anything is sent.
+  const show = () => {
+    const n = input.files.length;
+    const tooMany = n > maxFiles;
+    count.textContent = tooMany
+      ? n + " files selected: at most " + maxFiles + " can be sent at once."
+      : (n ? n + " file(s) selected" : "");
+    count.classList.toggle("error", tooMany);
+    submit.disabled = tooMany;
+  };
   ["dragenter", "dragover"].forEach((type) => zone.addEventListener(type, (event) => {
     event.preventDefault();
     zone.classList.add("dragging");
