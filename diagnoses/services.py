@@ -297,8 +297,12 @@ def model_dirs(models_dir: Path) -> list[Path]:
     return sorted(found, key=lambda path: ((path / "model.json").stat().st_mtime, path.name))
 
 
+DEFAULT_MODEL_FILE = "DEFAULT"  # in the models folder: the name of the version to serve
+
+
 def ensure_models(models_dir: Path | None = None) -> tuple[list[ModelVersion], ModelVersion | None]:
-    """Register unregistered model folders; activate the newest version if none is active.
+    """Register unregistered model folders; if none is active, activate the version named
+    in the folder's DEFAULT file, or else the newest.
 
     Idempotent. Returns (newly registered versions, version activated now or None).
     """
@@ -312,9 +316,14 @@ def ensure_models(models_dir: Path | None = None) -> tuple[list[ModelVersion], M
             known.add(name)
     activated = None
     if not ModelVersion.objects.filter(is_active=True).exists():
-        newest = ModelVersion.objects.order_by("-created_at", "-pk").first()
-        if newest is not None:
-            activated = activate_model_version(newest)
+        default_file = models_dir / DEFAULT_MODEL_FILE
+        default = default_file.read_text().strip() if default_file.is_file() else ""
+        chosen = (
+            ModelVersion.objects.filter(name=default).first()
+            or ModelVersion.objects.order_by("-created_at", "-pk").first()
+        )
+        if chosen is not None:
+            activated = activate_model_version(chosen)
     return registered, activated
 
 

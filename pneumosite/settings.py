@@ -266,6 +266,8 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SESSION_COOKIE_HTTPONLY = True
+# A ward computer is shared: a sign-in lasts a working day, not Django's two weeks.
+SESSION_COOKIE_AGE = env_int("PNEUMOSITE_SESSION_SECONDS", 12 * 3600)
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)

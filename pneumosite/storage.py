@@ -1,7 +1,7 @@
 """S3 storage whose signed URLs may name another endpoint than the one the app uses.
 
 In docker-compose the app reaches MinIO at http://minio:9000, a name the browser cannot
-resolve; views redirect the browser to signed URLs (diagnoses.views._stream_stored_file).
+resolve; views redirect the browser to signed URLs (diagnoses.file_responses).
 With AWS_S3_PUBLIC_ENDPOINT_URL (e.g. http://localhost:9000, MinIO's published port)
 those URLs are signed for that endpoint instead. Signing needs no network access.
 settings.py uses this class only when AWS_S3_PUBLIC_ENDPOINT_URL is set.

@@ -194,6 +194,34 @@ def test_ensure_model_registers_new_folders_without_changing_the_active_one(
     assert ModelVersion.objects.get(is_active=True) == active_model
 
 
+@pytest.mark.parametrize("default", ["a-first", "b-second", ""])
+def test_a_fresh_install_serves_the_version_named_in_default(
+    model_dir, var_dir, settings, tmp_path, default
+):
+    """A fresh clone gives every folder the same mtime: the DEFAULT file decides, not
+    the order of the names (without it, the newest registered)."""
+    models = tmp_path / "models"
+    for name in ("a-first", "b-second"):
+        (models / name).mkdir(parents=True)
+        (models / name / "model.keras").symlink_to(model_dir / "model.keras")
+        (models / name / "model.json").write_text(
+            json.dumps({"version": name, "threshold": 0.5, "image_size": 224})
+        )
+    if default:
+        (models / "DEFAULT").write_text(default + "\n")
+    settings.PNEUMOSITE_MODELS_DIR = models
+    call_command("ensure_model", stdout=io.StringIO())
+    assert ModelVersion.objects.get(is_active=True).name == (default or "b-second")
+
+
+def test_the_repository_default_is_a_shipped_model():
+    from django.conf import settings
+
+    models = Path(settings.PNEUMOSITE_MODELS_DIR)
+    name = (models / services.DEFAULT_MODEL_FILE).read_text().strip()
+    assert json.loads((models / name / "model.json").read_text())["version"] == name
+
+
 def test_a_models_preprocessing_survives_registration_and_the_worker_cache(
     active_model, model_dir, settings
 ):

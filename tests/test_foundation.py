@@ -54,6 +54,7 @@ print(json.dumps({
     "SECURE_SSL_REDIRECT": getattr(settings, "SECURE_SSL_REDIRECT", False),
     "SECURE_HSTS_SECONDS": getattr(settings, "SECURE_HSTS_SECONDS", 0),
     "SESSION_COOKIE_SECURE": settings.SESSION_COOKIE_SECURE,
+    "SESSION_COOKIE_AGE": settings.SESSION_COOKIE_AGE,
     "CSRF_COOKIE_SECURE": settings.CSRF_COOKIE_SECURE,
     "SECURE_PROXY_SSL_HEADER": settings.SECURE_PROXY_SSL_HEADER,
     "X_FRAME_OPTIONS": settings.X_FRAME_OPTIONS,
@@ -125,6 +126,12 @@ def test_defaults_use_sqlite_and_filesystem_broker_under_var(tmp_path):
     assert s["PNEUMOSITE_MODELS_DIR"] == str(REPO_ROOT / "models")
     assert s["PNEUMOSITE_MAX_UPLOAD_BYTES"] == 25 * 1024 * 1024
     assert s["PNEUMOSITE_MAX_PIXELS"] == 50_000_000
+    assert s["SESSION_COOKIE_AGE"] == 12 * 3600  # a working day, not two weeks
+
+
+def test_session_length_comes_from_the_environment(tmp_path):
+    env = clean_env(tmp_path / "var", PNEUMOSITE_SESSION_SECONDS="600")
+    assert dump_settings(env)["SESSION_COOKIE_AGE"] == 600
 
 
 def test_secret_key_is_generated_once_per_var_dir(tmp_path):

@@ -13,14 +13,18 @@ For each model, and for each `--average` group of model folder names, prints:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from mlcore import data as datasets
-from mlcore.inference import Predictor
-from mlcore.metrics import binary_metrics, pick_threshold
-from training.splits import carve_settings, validation_splits
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mlcore import data as datasets  # noqa: E402
+from mlcore.inference import Predictor  # noqa: E402
+from mlcore.metrics import binary_metrics, pick_threshold  # noqa: E402
+from training.splits import carve_settings, validation_splits  # noqa: E402
 
 
 def log_loss(labels: np.ndarray, scores: np.ndarray) -> float:

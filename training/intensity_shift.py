@@ -14,13 +14,17 @@ films. Model-free: `--model` only names the carve to use. Never reads test/.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import ImageOps
 
-from mlcore.preprocess import Preprocessing
-from training.splits import carve_settings, validation_splits
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mlcore.preprocess import Preprocessing  # noqa: E402
+from training.splits import carve_settings, validation_splits  # noqa: E402
 
 CROPPED = Preprocessing(size=224, crop_to_body=True)
 CENTRE = slice(CROPPED.size // 4, 3 * CROPPED.size // 4)

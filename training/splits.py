@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from mlcore import data as datasets
-from mlcore.inference import Predictor
-from mlcore.serialization import TRAIN_REPORT
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/chest_xray"
+from mlcore import data as datasets  # noqa: E402
+from mlcore.inference import Predictor  # noqa: E402
+from mlcore.serialization import TRAIN_REPORT  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared/data/chest_xray"
 
 
 def carve_settings(model_dir: Path) -> tuple[int, float]:
