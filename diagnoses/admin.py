@@ -25,8 +25,10 @@ from diagnoses.models import (
     ReviewQueueCase,
 )
 from diagnoses.selectors_staff import Agreement
+from diagnoses.signin_forms import AdminSignInForm
 
 admin.site.index_template = "admin/diagnoses/index.html"  # adds links to the staff pages
+admin.site.login_form = AdminSignInForm  # says when an account is locked out
 
 REVIEW_PERMISSION = "diagnoses.add_review"
 

@@ -8,6 +8,7 @@ from pathlib import PurePosixPath
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from mlcore.framing import is_unusually_framed
 from mlcore.preprocess import NORMALIZATIONS, Preprocessing
@@ -309,3 +310,13 @@ class ReviewQueueCase(Case):
         proxy = True
         verbose_name = "review queue case"
         verbose_name_plural = "review queue"
+
+
+class SignInFailure(models.Model):
+    """One failed sign-in, kept for diagnoses.signin's lockout window."""
+
+    username = models.CharField(max_length=150, db_index=True)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.username} at {self.at:%Y-%m-%d %H:%M:%S}"

@@ -78,3 +78,53 @@ def test_post_forms_require_csrf(staff_user, case):
     assert client.post("/upload/").status_code == 403
     for url in ("/upload/", f"/cases/{case.pk}/"):
         assert "csrfmiddlewaretoken" in client.get(url).content.decode(), url
+
+
+# --------------------------------------------------------------------------------------
+# Sign-in lockout (diagnoses.signin)
+# --------------------------------------------------------------------------------------
+def sign_in(client, username, password, path="/accounts/login/"):
+    return client.post(path, {"username": username, "password": password})
+
+
+@pytest.mark.parametrize("path", ["/accounts/login/", "/admin/login/"])
+def test_repeated_failed_sign_ins_lock_the_account_on_every_sign_in_page(django_user_model, path):
+    from diagnoses import signin
+
+    django_user_model.objects.create_user("ward", password="right-horse-battery", is_staff=True)
+    for _ in range(signin.MAX_FAILURES):
+        response = sign_in(Client(), "ward", "wrong", path)
+        assert response.status_code == 200 and "Too many failed" not in response.content.decode()
+    # Now even the right password is refused, with the reason, on both pages.
+    for page in ("/accounts/login/", "/admin/login/"):
+        response = sign_in(Client(), "Ward", "right-horse-battery", page)
+        assert response.status_code == 200
+        assert "Too many failed sign-ins for this account" in response.content.decode()
+    assert signin.SignInFailure.objects.count() == signin.MAX_FAILURES  # retries add none
+    # The backend refuses too, so no other sign-in path gets round it.
+    from django.contrib.auth import authenticate
+
+    assert authenticate(username="ward", password="right-horse-battery") is None
+
+
+def test_the_lockout_ends_and_a_sign_in_clears_the_count(django_user_model):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from diagnoses import signin
+    from diagnoses.models import SignInFailure
+
+    django_user_model.objects.create_user("ward", password="right-horse-battery")
+    for _ in range(signin.MAX_FAILURES):
+        sign_in(Client(), "ward", "wrong")
+    SignInFailure.objects.update(at=timezone.now() - signin.LOCKOUT - timedelta(seconds=1))
+    response = sign_in(Client(), "ward", "right-horse-battery")
+    assert response.status_code == 302
+    assert not SignInFailure.objects.filter(username="ward").exists()
+
+
+def test_a_wrong_password_still_gets_the_usual_message(django_user_model):
+    django_user_model.objects.create_user("ward", password="right-horse-battery")
+    body = sign_in(Client(), "ward", "wrong").content.decode()
+    assert "Your username and password didn" in body
