@@ -30,7 +30,7 @@ from diagnoses.signin_forms import AdminSignInForm
 admin.site.index_template = "admin/diagnoses/index.html"  # adds links to the staff pages
 admin.site.login_form = AdminSignInForm  # says when an account is locked out
 
-REVIEW_PERMISSION = "diagnoses.add_review"
+REVIEW_PERMISSION = reviews.REVIEW_PERMISSION
 
 
 def _is_staff_with(request, perm: str) -> bool:

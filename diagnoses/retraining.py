@@ -80,7 +80,7 @@ def request_retraining(
 
     Refused (RetrainingRefused) while another job is queued or running.
     """
-    require_staff(user)
+    require_staff(user, "diagnoses.add_retrainingjob")
     if mode not in Mode.values:
         raise RetrainingRefused(f"Unknown mode {mode!r}.")
     epochs = int(MODE_DEFAULTS[mode]["epochs"] if epochs is None else epochs)
@@ -153,7 +153,7 @@ def send_retraining_task(job_id: int) -> bool:
 def request_cancel(*, job: RetrainingJob, user) -> RetrainingJob:
     """A queued job is cancelled at once; a running one stops at the training loop's next
     check (within seconds) and ends `cancelled` with no model version."""
-    require_staff(user)
+    require_staff(user, "diagnoses.change_retrainingjob")
     now = timezone.now()
     cancelled_queued = RetrainingJob.objects.filter(pk=job.pk, status=Status.QUEUED).update(
         status=Status.CANCELLED, cancel_requested=True, finished_at=now
@@ -203,7 +203,7 @@ def activate_version(*, model_version: ModelVersion, user) -> ModelVersion:
 
     New uploads and re-runs use it at once; workers load it on their next prediction.
     """
-    require_staff(user)
+    require_staff(user, "diagnoses.change_modelversion")
     services.activate_model_version(model_version)
     logger.info("model version %s activated by %s", model_version.name, user.pk)
     return model_version

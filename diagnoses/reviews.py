@@ -14,6 +14,7 @@ from diagnoses import services
 from diagnoses.models import Case, Prediction, Review
 
 logger = logging.getLogger(__name__)
+REVIEW_PERMISSION = "diagnoses.add_review"
 
 
 def is_staff_with(user, perm: str | None = None) -> bool:
@@ -27,15 +28,20 @@ def is_staff_with(user, perm: str | None = None) -> bool:
     )
 
 
-def require_staff(user) -> None:
-    """Reviews, retraining and model activation are for staff only."""
+def require_staff(user, *any_of: str) -> None:
+    """Reviews, retraining and model activation are for staff only, holding one of the
+    permissions named (those the admin and the staff pages check for the same action)."""
     if not is_staff_with(user):
         raise PermissionDenied("Only staff members may do this.")
+    if any_of and not any(user.has_perm(perm) for perm in any_of):
+        raise PermissionDenied(
+            f"Your account lacks the permission this needs ({' or '.join(any_of)})."
+        )
 
 
 def record_review(*, case: Case, reviewer, verdict: str, comment: str = "") -> Review:
     """Add a review of `case` by `reviewer`; earlier reviews stay as they are."""
-    require_staff(reviewer)
+    require_staff(reviewer, REVIEW_PERMISSION)
     if verdict not in Review.Verdict.values:
         raise ValidationError(f"Unknown verdict {verdict!r}.")
     review = Review.objects.create(
@@ -68,7 +74,7 @@ def review_cases(
 def confirm_readings(*, cases: Iterable[Case], reviewer) -> BulkReviewOutcome:
     """Review each case with its current reading as the verdict; cases without a reading
     are skipped."""
-    require_staff(reviewer)
+    require_staff(reviewer, REVIEW_PERMISSION)
     outcome = BulkReviewOutcome()
     for case in cases:
         reading = (
@@ -99,7 +105,7 @@ def rerun_cases(*, cases: Iterable[Case], user) -> RerunOutcome:
 
     Raises services.NoActiveModel when no version is active.
     """
-    require_staff(user)
+    require_staff(user, "diagnoses.add_prediction", "diagnoses.change_case")
     outcome = RerunOutcome()
     for case in cases:
         prediction, created = services.rerun_prediction(case=case)

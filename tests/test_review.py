@@ -7,10 +7,16 @@ from datetime import timedelta
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
-from fixtures.staffdata import PNEUMONIA_SAMPLES, finish_prediction, make_case, make_version
+from fixtures.staffdata import (
+    PNEUMONIA_SAMPLES,
+    finish_prediction,
+    make_case,
+    make_user,
+    make_version,
+)
 
 from diagnoses import reviews, selectors_staff
-from diagnoses.models import Prediction, Review
+from diagnoses.models import Prediction, RetrainingJob, Review
 
 pytest_plugins = ["fixtures.staffkit"]
 pytestmark = pytest.mark.django_db
@@ -43,6 +49,30 @@ def test_non_staff_cannot_review_and_bad_verdicts_are_refused(
     with pytest.raises(ValidationError):
         reviews.record_review(case=case, reviewer=reviewer, verdict="maybe")
     assert not Review.objects.exists()
+
+
+def test_staff_without_the_permission_are_refused_by_the_services_too(
+    fake_version, reviewer, django_user_model
+):
+    """The admin and staff pages check permissions; so do the services behind them."""
+    from diagnoses import retraining
+
+    bare_staff = make_user(django_user_model, staff=True)
+    case = make_case(reviewer)
+    calls = {
+        "add_review": lambda: reviews.record_review(
+            case=case, reviewer=bare_staff, verdict="normal"
+        ),
+        "add_prediction or": lambda: reviews.rerun_cases(cases=[case], user=bare_staff),
+        "add_retrainingjob": lambda: retraining.request_retraining(user=bare_staff),
+        "change_modelversion": lambda: retraining.activate_version(
+            model_version=fake_version, user=bare_staff
+        ),
+    }
+    for perm, call in calls.items():
+        with pytest.raises(PermissionDenied, match=perm):
+            call()
+    assert not Review.objects.exists() and not RetrainingJob.objects.exists()
 
 
 def test_confirm_readings_uses_the_reading_and_skips_cases_without_one(
