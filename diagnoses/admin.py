@@ -23,6 +23,7 @@ from diagnoses.models import (
     RetrainingJob,
     Review,
     ReviewQueueCase,
+    SignInFailure,
 )
 from diagnoses.selectors_staff import Agreement
 from diagnoses.signin_forms import AdminSignInForm
@@ -663,3 +664,18 @@ class RetrainingJobAdmin(admin.ModelAdmin):
         for job in jobs:
             retraining.request_cancel(job=job, user=request.user)
         self.message_user(request, f"Cancellation requested for {len(jobs)} job(s).")
+
+
+@admin.register(SignInFailure)
+class SignInFailureAdmin(admin.ModelAdmin):
+    """Failed sign-ins of the lockout window; deleting an account's rows unlocks it."""
+
+    list_display = ("username", "at")
+    search_fields = ("username",)
+    readonly_fields = ("username", "at")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

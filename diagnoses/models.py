@@ -318,5 +318,9 @@ class SignInFailure(models.Model):
     username = models.CharField(max_length=150, db_index=True)
     at = models.DateTimeField(default=timezone.now, db_index=True)
 
+    class Meta:
+        ordering = ["-at"]
+        verbose_name = "sign-in failure"
+
     def __str__(self) -> str:
         return f"{self.username} at {self.at:%Y-%m-%d %H:%M:%S}"

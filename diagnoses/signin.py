@@ -16,8 +16,8 @@ from diagnoses.models import SignInFailure
 MAX_FAILURES = 5
 LOCKOUT = timedelta(minutes=15)
 LOCKED_OUT_MESSAGE = (
-    "Too many failed sign-ins for this account: try again in 15 minutes, "
-    "or ask an administrator to reset the password."
+    "Too many failed sign-ins for this account: try again in 15 minutes, or ask an "
+    "administrator to unlock it (admin, Sign-in failures)."
 )
 
 

@@ -128,3 +128,22 @@ def test_a_wrong_password_still_gets_the_usual_message(django_user_model):
     django_user_model.objects.create_user("ward", password="right-horse-battery")
     body = sign_in(Client(), "ward", "wrong").content.decode()
     assert "Your username and password didn" in body
+
+
+def test_an_administrator_sees_the_failures_and_can_unlock_an_account(django_user_model, client):
+    from diagnoses import signin
+    from diagnoses.models import SignInFailure
+
+    django_user_model.objects.create_user("ward", password="right-horse-battery")
+    for _ in range(signin.MAX_FAILURES):
+        sign_in(Client(), "ward", "wrong")
+    admin_user = django_user_model.objects.create_superuser("boss", password="x-" * 8)
+    client.force_login(admin_user)
+    assert "ward" in client.get("/admin/diagnoses/signinfailure/").content.decode()
+    ids = list(SignInFailure.objects.values_list("pk", flat=True))
+    client.post(
+        "/admin/diagnoses/signinfailure/",
+        {"action": "delete_selected", "_selected_action": ids, "post": "yes"},
+    )
+    assert not signin.is_locked_out("ward")
+    assert sign_in(Client(), "ward", "right-horse-battery").status_code == 302
