@@ -668,11 +668,23 @@ class RetrainingJobAdmin(admin.ModelAdmin):
 
 @admin.register(SignInFailure)
 class SignInFailureAdmin(admin.ModelAdmin):
-    """Failed sign-ins of the lockout window; deleting an account's rows unlocks it."""
+    """Failed sign-ins of the lockout window; deleting an account's rows unlocks it.
+
+    Superusers only: a name typed at a failed sign-in is sometimes a mistyped password.
+    """
 
     list_display = ("username", "at")
     search_fields = ("username",)
     readonly_fields = ("username", "at")
+
+    def has_module_permission(self, request):
+        return request.user.is_active and request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None):
+        return self.has_module_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return self.has_module_permission(request)
 
     def has_add_permission(self, request):
         return False

@@ -7,4 +7,4 @@ class DiagnosesConfig(AppConfig):
     verbose_name = "Diagnoses"
 
     def ready(self):
-        from diagnoses import backends  # noqa: F401 - connects the sign-in signal receivers
+        from diagnoses import backends  # noqa: F401 - connects the sign-in signal receiver

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
-from django.contrib.auth.signals import user_logged_in, user_login_failed
+from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import PermissionDenied
 from django.dispatch import receiver
 
@@ -15,14 +15,13 @@ class LockoutModelBackend(ModelBackend):
     def authenticate(self, request, username=None, password=None, **kwargs):
         if username is None:
             username = kwargs.get(get_user_model().USERNAME_FIELD)
-        if signin.is_locked_out(username):
+        attempt = signin.reserve_attempt(username)
+        if attempt is None:
             raise PermissionDenied(signin.LOCKED_OUT_MESSAGE)  # stops every backend
-        return super().authenticate(request, username=username, password=password, **kwargs)
-
-
-@receiver(user_login_failed)
-def _count_failure(sender, credentials, request=None, **kwargs):
-    signin.record_failure(credentials.get(get_user_model().USERNAME_FIELD))
+        user = super().authenticate(request, username=username, password=password, **kwargs)
+        if user is not None:
+            signin.release_attempt(attempt)
+        return user
 
 
 @receiver(user_logged_in)

@@ -81,6 +81,8 @@ def create_case(
 ) -> Case:
     """Store the image and its derived images, and queue a prediction (active model by default)."""
     model_version = model_version or get_active_model_version()
+    if validated.image_format == "DICOM":
+        original_filename = ""  # a PACS export is often named after the patient
     case = Case(
         uploaded_by=uploaded_by,
         reference=reference.strip(),

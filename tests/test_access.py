@@ -97,14 +97,41 @@ def test_repeated_failed_sign_ins_lock_the_account_on_every_sign_in_page(django_
         assert response.status_code == 200 and "Too many failed" not in response.content.decode()
     # Now even the right password is refused, with the reason, on both pages.
     for page in ("/accounts/login/", "/admin/login/"):
-        response = sign_in(Client(), "Ward", "right-horse-battery", page)
+        response = sign_in(Client(), "ward", "right-horse-battery", page)
         assert response.status_code == 200
         assert "Too many failed sign-ins for this account" in response.content.decode()
+    assert signin.is_locked_out(" WARD ")  # one account, however its name is typed
     assert signin.SignInFailure.objects.count() == signin.MAX_FAILURES  # retries add none
     # The backend refuses too, so no other sign-in path gets round it.
     from django.contrib.auth import authenticate
 
     assert authenticate(username="ward", password="right-horse-battery") is None
+
+
+def test_attempts_in_flight_count_before_their_passwords_are_checked():
+    """Parallel requests cannot each slip under the limit: an attempt is counted first."""
+    from diagnoses import signin
+
+    in_flight = [signin.reserve_attempt("ward") for _ in range(signin.MAX_FAILURES)]
+    assert None not in in_flight
+    assert signin.reserve_attempt("ward") is None
+    signin.release_attempt(in_flight[0])  # one of them had the right password
+    assert signin.reserve_attempt("ward") is not None
+
+
+def test_the_unlock_command_forgets_an_accounts_failures(django_user_model):
+    import io
+
+    from django.core.management import call_command
+
+    from diagnoses import signin
+
+    for _ in range(signin.MAX_FAILURES):
+        signin.reserve_attempt("ward")
+    out = io.StringIO()
+    call_command("unlock", "Ward", stdout=out)
+    assert "5 failed sign-in(s) forgotten" in out.getvalue()
+    assert not signin.is_locked_out("ward")
 
 
 def test_the_lockout_ends_and_a_sign_in_clears_the_count(django_user_model):
@@ -131,12 +158,18 @@ def test_a_wrong_password_still_gets_the_usual_message(django_user_model):
 
 
 def test_an_administrator_sees_the_failures_and_can_unlock_an_account(django_user_model, client):
+    from django.contrib.auth.models import Permission
+
     from diagnoses import signin
     from diagnoses.models import SignInFailure
 
     django_user_model.objects.create_user("ward", password="right-horse-battery")
     for _ in range(signin.MAX_FAILURES):
         sign_in(Client(), "ward", "wrong")
+    staff = django_user_model.objects.create_user("helper", password="x-" * 8, is_staff=True)
+    staff.user_permissions.set(Permission.objects.filter(codename__endswith="signinfailure"))
+    client.force_login(staff)  # attempted names can be mistyped passwords: superusers only
+    assert client.get("/admin/diagnoses/signinfailure/").status_code == 403
     admin_user = django_user_model.objects.create_superuser("boss", password="x-" * 8)
     client.force_login(admin_user)
     assert "ward" in client.get("/admin/diagnoses/signinfailure/").content.decode()

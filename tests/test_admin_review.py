@@ -316,7 +316,7 @@ def test_model_version_page_compares_with_the_active_one_and_activates(
 
     body = reviewer_client.get(url).content.decode()
     assert "Side by side with the active version" in body
-    validation, test = body.split("<th>Test split</th>")
+    validation, test = body.split('<th scope="col">Test split</th>')
     assert "<th>Validation carve</th>" in validation
     assert "96.3%" in validation and "0.9958" in validation and "<td>246</td>" in validation
     assert "96.3%" not in test

@@ -275,9 +275,11 @@ def test_dicom_is_accepted_and_stored_de_identified(
 
     data = dicom_bytes(photometric=photometric)
     assert b"Doe^Jane" in data
-    upload(staff_client, SimpleUploadedFile("scan.dcm", data, content_type="application/dicom"))
+    upload(staff_client, SimpleUploadedFile("Doe_Jane.dcm", data, content_type="application/dicom"))
     case = Case.objects.get()
     assert case.image_format == "DICOM" and (case.width, case.height) == (1260, 767)
+    assert case.original_filename == ""  # PACS exports are often named after the patient
+    assert "Doe_Jane" not in staff_client.get(f"/cases/{case.pk}/").content.decode()
 
     stored = case.original.read()
     for identifying in (

@@ -46,7 +46,10 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Job {job.pk}: {job.mode}, {job.epochs} epoch(s)")
         started = time.monotonic()
-        outcome = retraining.run_job(job_id=job.pk, task_id=f"manage-{uuid.uuid4().hex}")
+        try:
+            outcome = retraining.run_job(job_id=job.pk, task_id=f"manage-{uuid.uuid4().hex}")
+        except KeyboardInterrupt:
+            raise CommandError(f"Interrupted: job {job.pk} cancelled.") from None
         job.refresh_from_db()
         seconds = time.monotonic() - started
         self.stdout.write(f"Job {job.pk} {outcome} in {seconds:.0f} s")
