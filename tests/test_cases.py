@@ -462,43 +462,30 @@ def test_requeue_stale_predictions_resends_old_queued_ones(
     assert "Requeued 0 prediction(s)" in out.getvalue()
 
 
+@pytest.mark.parametrize("status", [Prediction.Status.QUEUED, Prediction.Status.RUNNING])
 def test_requeue_slows_down_after_a_few_sends(
-    active_model, staff_user, filesystem_broker, celery_app_broker
+    active_model, staff_user, filesystem_broker, celery_app_broker, status
 ):
-    """A long worker outage leaves a few duplicate messages per upload, not one a minute."""
+    """A long worker outage leaves a few duplicate messages per upload, not one a minute,
+    whether the prediction waits or its worker died mid-run."""
     celery_app_broker(filesystem_broker)
     prediction = make_case(staff_user).predictions.get()
     ten_minutes_ago = timezone.now() - timedelta(minutes=10)
+    started = timezone.now() - timedelta(hours=3) if status == Prediction.Status.RUNNING else None
     Prediction.objects.filter(pk=prediction.pk).update(
-        last_sent_at=ten_minutes_ago, send_count=services.FREQUENT_SENDS - 1
+        status=status,
+        started_at=started,
+        last_sent_at=ten_minutes_ago,
+        send_count=services.FREQUENT_SENDS - 1,
     )
     assert services.requeue_stale_predictions(older_than=timedelta(minutes=1)) == [prediction.pk]
+    # The next sweep, a minute later: just re-sent, so not again.
+    assert services.requeue_stale_predictions(older_than=timedelta(minutes=1)) == []
     Prediction.objects.filter(pk=prediction.pk).update(last_sent_at=ten_minutes_ago)
     assert services.requeue_stale_predictions(older_than=timedelta(minutes=1)) == []
     Prediction.objects.filter(pk=prediction.pk).update(
         last_sent_at=timezone.now() - services.SLOW_RESEND - timedelta(seconds=1)
     )
-    assert services.requeue_stale_predictions(older_than=timedelta(minutes=1)) == [prediction.pk]
-
-
-def test_a_dead_running_prediction_is_resent_at_the_same_pace_as_a_queued_one(
-    active_model, staff_user, filesystem_broker, celery_app_broker
-):
-    """Its worker died mid-run and none is up: one message per sweep would pile up."""
-    celery_app_broker(filesystem_broker)
-    prediction = make_case(staff_user).predictions.get()
-    long_ago = timezone.now() - timedelta(hours=3)
-    Prediction.objects.filter(pk=prediction.pk).update(
-        status=Prediction.Status.RUNNING, started_at=long_ago, last_sent_at=long_ago
-    )
-    assert services.requeue_stale_predictions(older_than=timedelta(minutes=1)) == [prediction.pk]
-    # The next sweep, a minute later: just re-sent, so not again.
-    assert services.requeue_stale_predictions(older_than=timedelta(minutes=1)) == []
-    Prediction.objects.filter(pk=prediction.pk).update(
-        last_sent_at=timezone.now() - timedelta(minutes=10), send_count=services.FREQUENT_SENDS
-    )
-    assert services.requeue_stale_predictions(older_than=timedelta(minutes=1)) == []
-    Prediction.objects.filter(pk=prediction.pk).update(last_sent_at=long_ago)
     assert services.requeue_stale_predictions(older_than=timedelta(minutes=1)) == [prediction.pk]
 
 
