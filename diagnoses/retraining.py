@@ -411,7 +411,7 @@ def _train_evaluate_register(
     extra_samples, case_ids = export_reviewed_cases(
         since=job.reviewed_since, folder=workdir / "reviewed", log=reporter.log
     )
-    extra_samples, case_ids = leave_out_test_films(
+    extra_samples, case_ids = leave_out_evaluation_films(
         extra_samples, case_ids, data_root=data_root, log=reporter.log
     )
     reporter.log(f"{len(case_ids)} reviewed case(s) added to the training data")
@@ -498,23 +498,24 @@ def export_reviewed_cases(
     return samples, case_ids
 
 
-def leave_out_test_films(
+def leave_out_evaluation_films(
     samples: list[tuple[str, int]], case_ids: list[int], *, data_root: Path, log=logger.info
 ) -> tuple[list[tuple[str, int]], list[int]]:
-    """Drop the reviewed films that are films of the test split (the new version is
-    evaluated there), however they were resized or re-encoded (mlcore.duplicates)."""
+    """Drop the reviewed films that are films of the test split or of the validation carve
+    (the new version is chosen on the one and evaluated on the other), however they were
+    resized or re-encoded (mlcore.duplicates)."""
     from mlcore.duplicates import SAME_FILM, closest, fingerprints
 
     if not samples:
         return samples, case_ids
-    test_paths, test_prints = _test_split_fingerprints(str(data_root))
-    best, similarity = closest(fingerprints(path for path, _ in samples), test_prints)
+    names, reference = _evaluation_fingerprints(str(data_root))
+    best, similarity = closest(fingerprints(path for path, _ in samples), reference)
     kept_samples, kept_ids = [], []
     for sample, case_id, index, score in zip(samples, case_ids, best, similarity, strict=True):
         if score >= SAME_FILM:
             log(
-                f"case {case_id} left out: it is test/{test_paths[index].name} "
-                f"(similarity {score:.4f}), and the new version is evaluated on test/"
+                f"case {case_id} left out: it is {names[index]} (similarity {score:.4f}), "
+                "a film the new version is judged on"
             )
             continue
         kept_samples.append(sample)
@@ -523,12 +524,25 @@ def leave_out_test_films(
 
 
 @functools.lru_cache(maxsize=2)
-def _test_split_fingerprints(data_root: str):
+def _evaluation_fingerprints(data_root: str) -> tuple[list[str], object]:
+    """Names ("test/NORMAL/x.jpeg", "validation carve: train/...") and fingerprints of the
+    films a retrained version is judged on; the carve is the one mlcore.train makes."""
     from mlcore import data as datasets
     from mlcore.duplicates import fingerprints
+    from mlcore.train import TrainConfig
 
-    paths = [sample.path for sample in datasets.list_split(data_root, "test")]
-    return paths, fingerprints(paths)
+    root = Path(data_root)
+    _, carve = datasets.carve_validation(
+        datasets.list_split(root, "train"),
+        fraction=TrainConfig.val_fraction,
+        seed=TrainConfig.split_seed,
+    )
+    test = [sample.path for sample in datasets.list_split(root, "test")]
+    paths = test + [sample.path for sample in carve]
+    names = [str(path.relative_to(root)) for path in test] + [
+        f"the validation carve's {path.relative_to(root)}" for path in paths[len(test) :]
+    ]
+    return names, fingerprints(paths)
 
 
 def register_retrained_version(

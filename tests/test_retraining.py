@@ -15,7 +15,13 @@ import pytest
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from fixtures.staffdata import PNEUMONIA_SAMPLES, TRAIN_NORMAL, TRAIN_PNEUMONIA, make_case
+from fixtures.staffdata import (
+    CARVE_NORMAL,
+    PNEUMONIA_SAMPLES,
+    TRAIN_NORMAL,
+    TRAIN_PNEUMONIA,
+    make_case,
+)
 
 from diagnoses import retraining, reviews, services
 from diagnoses.models import ModelVersion, RetrainingJob
@@ -303,13 +309,15 @@ def test_a_job_registers_an_inactive_version_with_metrics_plots_and_cases(
     assert not list((staff_var / "retraining").iterdir())
 
 
-def test_a_reviewed_film_of_the_test_split_is_left_out_of_training(
+def test_reviewed_films_the_new_version_is_judged_on_are_left_out_of_training(
     reviewer, fake_version, reviewed_cases, staff_var
 ):
-    """The full-size samples are test/ films: trained on, they would inflate the new
-    version's test metrics."""
+    """The full-size samples are test/ films, and an upload could be a validation-carve
+    film: trained on, they would inflate the figures a version is chosen and reported by."""
     test_film = make_case(reviewer, PNEUMONIA_SAMPLES[0])
     reviews.record_review(case=test_film, reviewer=reviewer, verdict="pneumonia")
+    carve_film = make_case(reviewer, CARVE_NORMAL)
+    reviews.record_review(case=carve_film, reviewer=reviewer, verdict="normal")
     job = retraining.request_retraining(user=reviewer, enqueue=False)
     fake = FakeMlcore()
 
@@ -318,7 +326,10 @@ def test_a_reviewed_film_of_the_test_split_is_left_out_of_training(
     job.refresh_from_db()
     assert set(job.result.trained_on_cases.all()) == set(reviewed_cases)
     assert len(fake.configs[0].extra_samples) == 2
-    assert f"case {test_film.pk} left out: it is test/{PNEUMONIA_SAMPLES[0].name}" in job.log_tail
+    test_name = f"test/PNEUMONIA/{PNEUMONIA_SAMPLES[0].name}"
+    assert f"case {test_film.pk} left out: it is {test_name}" in job.log_tail
+    carve_name = f"the validation carve's train/NORMAL/{CARVE_NORMAL.name}"
+    assert f"case {carve_film.pk} left out: it is {carve_name}" in job.log_tail
 
 
 def test_a_fine_tune_job_trains_within_the_time_budget_and_says_when_it_stopped_early(
