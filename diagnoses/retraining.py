@@ -29,6 +29,7 @@ from django.utils import timezone
 from diagnoses import selectors_staff, services
 from diagnoses.models import Case, ModelVersion, RetrainingJob, Review
 from diagnoses.reviews import require_staff
+from mlcore.recipes import SHIPPED_RECIPE
 from mlcore.serialization import ModelMetadata
 
 logger = logging.getLogger(__name__)
@@ -37,10 +38,10 @@ Mode = RetrainingJob.Mode
 Status = RetrainingJob.Status
 
 # Defaults per mode: the fine-tune recipe finishes in minutes on 2 CPU cores (BENCHMARKS.md);
-# from scratch, the shipped model's recipe (mlcore.train.SHIPPED_RECIPE).
+# from scratch, the shipped model's recipe.
 MODE_DEFAULTS = {
     Mode.FINE_TUNE: {"epochs": 3, "learning_rate": 3e-4},
-    Mode.SCRATCH: {"epochs": 12, "learning_rate": 2e-3},  # SHIPPED_RECIPE's epochs
+    Mode.SCRATCH: {"epochs": SHIPPED_RECIPE["epochs"], "learning_rate": 2e-3},
 }
 MAX_EPOCHS = 200
 OPTION_TYPES = {"learning_rate": float, "limit_per_class": int, "seed": int}
@@ -402,7 +403,7 @@ def _train_evaluate_register(
 ) -> ModelVersion:
     from diagnoses.predictors import ensure_local_model_dir
     from mlcore.evaluate import evaluate, summary_line
-    from mlcore.train import SHIPPED_RECIPE, TrainConfig, train
+    from mlcore.train import TrainConfig, train
 
     data_root = Path(settings.PNEUMOSITE_DATA_DIR)
     cache_dir = Path(settings.VAR_DIR) / "cache"

@@ -9,7 +9,6 @@ same load (the predictor cache is locked), never for a second one.
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
@@ -17,6 +16,8 @@ import time
 import numpy as np
 from django.db import connection
 from PIL import Image
+
+from diagnoses.imaging import encode_jpeg
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +72,7 @@ def warm_active_model() -> str | None:
 def synthetic_upload() -> bytes:
     """`synthetic_film` as the JPEG file a worker reads (large enough to be decoded at a
     reduced scale)."""
-    buffer = io.BytesIO()
-    synthetic_film().save(buffer, "JPEG")
-    return buffer.getvalue()
+    return encode_jpeg(synthetic_film(), quality=75)
 
 
 def synthetic_film(width: int = 640, height: int = 512) -> Image.Image:

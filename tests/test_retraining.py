@@ -369,7 +369,7 @@ def test_a_scratch_job_trains_the_shipped_recipe_on_labels(reviewer, fake_versio
 
     assert run_with(fake, job) == "succeeded"
 
-    from mlcore.train import SHIPPED_RECIPE
+    from mlcore.recipes import SHIPPED_RECIPE
 
     config = fake.configs[0]
     assert config.epochs == SHIPPED_RECIPE["epochs"] == 12
